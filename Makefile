@@ -1,0 +1,41 @@
+# One command per job. Every target runs inside .venv (created by `make setup`).
+PY      ?= .venv/bin/python
+PIP     ?= .venv/bin/pip
+DATASET ?= synthetic
+METHOD  ?= baseline
+NOISE   ?= clean
+METHODS ?= baseline,ldl_alsg,lanet,soft,ldlva
+SEEDS   ?= 0,1
+ROOT    ?=
+CONFIG  ?=
+ARGS    ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare train benchmark-noise server serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup:  ## create .venv and install the project with everything its tests need (CPU)
+	python3 -m venv .venv
+	$(PIP) install "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -e ".[test]"
+	$(PY) -c "import torch, torchvision, dlib, faiss, pynndescent, prefect, pipeline; print('setup ok: torch', torch.__version__, 'prefect', prefect.__version__)"
+
+setup-gpu: setup  ## add faiss-gpu on a CUDA machine
+	$(PIP) install -e ".[gpu]"
+
+setup-fan: setup  ## add the face-alignment package (FAN landmarks) without replacing opencv-python-headless
+	$(PIP) install --no-deps "face-alignment>=1.4"
+
+test:  ## run the default test suite (what CI runs): everything not marked slow or gpu
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow:  ## run the slow tests (servers, big fixtures)
+	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+
+test-all:  ## run every test (GPU tests skip without CUDA)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:  ## remove build outputs (keeps .venv, artifacts and runs)
+	rm -rf build *.egg-info .pytest_cache

@@ -1,0 +1,67 @@
+"""The aligned-crop store: one uint8 memory-mapped array [N, S, S, 3] plus a small JSON index.
+
+Row i holds the crop of sample_id i, so the trainer slices it without decoding anything. Rows whose
+face could not be aligned stay zero and are marked invalid in `valid.npy`. The format name and shape
+are recorded in `index.json` (and in the version manifest).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError
+
+FORMAT = "memmap-u8-v1"
+DATA_FILE = "crops.u8"
+INDEX_FILE = "index.json"
+VALID_FILE = "valid.npy"
+
+
+def create_crop_store(directory: str | Path, num_samples: int, size: int) -> np.memmap:
+    """Create (or reopen for writing, when the shape matches) a zero-filled store; returns the writable array."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    index = {"format": FORMAT, "num_samples": int(num_samples), "size": int(size), "channels": 3, "dtype": "uint8"}
+    index_path = directory / INDEX_FILE
+    shape = (num_samples, size, size, 3)
+    data_path = directory / DATA_FILE
+    if index_path.is_file() and json.loads(index_path.read_text()) == index and data_path.is_file():
+        return np.memmap(data_path, dtype=np.uint8, mode="r+", shape=shape)
+    tmp = directory / f".{INDEX_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(index, indent=2))
+    array = np.memmap(data_path, dtype=np.uint8, mode="w+", shape=shape)
+    os.replace(tmp, index_path)
+    return array
+
+
+def write_valid_mask(directory: str | Path, valid: np.ndarray) -> None:
+    """Save which rows hold a real crop ([N] bool)."""
+    path = Path(directory) / VALID_FILE
+    tmp = path.with_name(f".{VALID_FILE}.{os.getpid()}.tmp.npy")
+    np.save(tmp, np.asarray(valid, dtype=bool))
+    os.replace(tmp, path)
+
+
+def open_crops(directory: str | Path) -> np.ndarray:
+    """Read-only [N, S, S, 3] uint8 view of a crop store."""
+    directory = Path(directory)
+    index_path = directory / INDEX_FILE
+    if not index_path.is_file():
+        raise ArtifactError(f"no crop store at {directory} (missing {INDEX_FILE}); run the align stage first")
+    index = json.loads(index_path.read_text())
+    if index.get("format") != FORMAT:
+        raise ArtifactError(f"crop store {directory} has format {index.get('format')!r}; this code reads {FORMAT!r}")
+    shape = (index["num_samples"], index["size"], index["size"], index["channels"])
+    return np.memmap(directory / DATA_FILE, dtype=np.uint8, mode="r", shape=shape)
+
+
+def read_valid_mask(directory: str | Path) -> np.ndarray:
+    """[N] bool: rows holding a real crop (all True when no mask was written)."""
+    directory = Path(directory)
+    path = directory / VALID_FILE
+    if path.is_file():
+        return np.load(path)
+    return np.ones(open_crops(directory).shape[0], dtype=bool)

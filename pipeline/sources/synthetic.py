@@ -1,0 +1,132 @@
+"""Adapter for the embedded synthetic dataset (pipeline.synthetic): generated on demand, cached.
+
+Images are written once as PNG under <work_dir>/synthetic-images/<config fingerprint>/<split>/,
+with their known truth (class, label distribution, 68 landmarks, AU intensities) in Parquet parts
+beside them. A larger `n` with the same seed reuses every image already generated; a run killed
+midway keeps every finished part.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..artifacts import read_table, vectors_to_arrow, vectors_to_numpy, write_table
+from ..constants import class_names
+from ..errors import ConfigError
+from ..specs import DatasetSpec
+from ..versioning import fingerprint
+from .base import SourceRecord, SourceScan
+
+log = logging.getLogger(__name__)
+ADAPTER_VERSION = "1.0"
+PART_SIZE = 250
+
+
+def synthetic_config(spec: DatasetSpec, overrides: dict | None = None):
+    """SyntheticConfig from the spec's options, the spec's class count and overrides (e.g. n)."""
+    from ..synthetic import SyntheticConfig
+
+    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    options = {**spec.options, **(overrides or {}), "num_classes": spec.num_classes}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"unknown synthetic option(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    return SyntheticConfig(**options)
+
+
+def _cache_key(config) -> str:
+    """Images depend on everything but n: one cache folder serves every n with the same settings."""
+    from ..synthetic import SYNTHETIC_VERSION
+
+    params = {k: v for k, v in dataclasses.asdict(config).items() if k != "n"}
+    return fingerprint("synthetic-images", SYNTHETIC_VERSION, params)
+
+
+def _relpath(config, index: int) -> str:
+    from ..synthetic import split_of
+
+    return f"{split_of(config, index)}/{index:07d}.png"
+
+
+def _render_part(config, image_root: Path, indices: list[int]) -> pa.Table:
+    """Generate and save one part's images; return their truth rows."""
+    from ..synthetic import generate_sample
+
+    samples = []
+    for index in indices:
+        sample = generate_sample(config, index)
+        path = image_root / _relpath(config, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        Image.fromarray(sample.image).save(tmp, format="PNG", compress_level=1)
+        tmp.replace(path)
+        samples.append(sample)
+    return pa.table({
+        "index": pa.array(indices, type=pa.int64()),
+        "label": pa.array([s.label for s in samples], type=pa.int8()),
+        "distribution": vectors_to_arrow(np.stack([s.distribution for s in samples])),
+        "landmarks": vectors_to_arrow(np.stack([s.landmarks.reshape(-1) for s in samples])),
+        "au_intensity": vectors_to_arrow(np.stack([s.au_intensity for s in samples])),
+        "intensity": pa.array([s.intensity for s in samples], type=pa.float32()),
+    })
+
+
+def _load_truth(truth_dir: Path) -> dict[int, dict]:
+    truth: dict[int, dict] = {}
+    for part in sorted(truth_dir.glob("part-*.parquet")):
+        table = read_table(part)
+        arrays = {name: vectors_to_numpy(table.column(name)) for name in ("distribution", "landmarks", "au_intensity")}
+        for row, index in enumerate(table.column("index").to_pylist()):
+            truth[index] = {"label": table.column("label")[row].as_py(),
+                            **{name: values[row] for name, values in arrays.items()}}
+    return truth
+
+
+def ensure_generated(config, work_dir: Path, workers: int = 0, progress: bool = True) -> tuple[Path, dict[int, dict]]:
+    """Generate whatever images of `config` are not cached yet; returns (image_root, truth by index)."""
+    image_root = work_dir / "synthetic-images" / _cache_key(config)
+    truth_dir = image_root / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    truth = _load_truth(truth_dir)
+    missing = [i for i in range(config.n) if i not in truth or not (image_root / _relpath(config, i)).is_file()]
+    parts = [missing[i:i + PART_SIZE] for i in range(0, len(missing), PART_SIZE)]
+    workers = workers or min(len(parts), os.cpu_count() or 1)
+    if parts:
+        log.info("generating %d synthetic images in %d parts", len(missing), len(parts))
+        bar = tqdm(total=len(missing), desc="generate synthetic", unit="img", disable=not progress)
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(_render_part, config, image_root, part) for part in parts]
+            for part, future in zip(parts, futures):
+                table = future.result()
+                write_table(truth_dir / f"part-{part[0]:07d}-{part[-1]:07d}.parquet", table)
+                bar.update(len(part))
+        bar.close()
+        truth = _load_truth(truth_dir)
+    return image_root, truth
+
+
+def scan_synthetic(root: Path, spec: DatasetSpec, work_dir: Path, overrides: dict | None = None,
+                   progress: bool = True) -> SourceScan:
+    """Generate (or reuse) the images, then list them as records with their known truth."""
+    config = synthetic_config(spec, overrides)
+    image_root, truth = ensure_generated(config, root, progress=progress)
+    names = class_names(config.num_classes)
+    scan = SourceScan(image_root=image_root, with_votes=True, landmark_points=68, with_true_aus=True,
+                      params={"adapter": f"synthetic@{ADAPTER_VERSION}", "config": dataclasses.asdict(config)})
+    for index in range(config.n):
+        item = truth[index]
+        relpath = _relpath(config, index)
+        scan.records.append(SourceRecord(
+            relpath=relpath, split=relpath.split("/", 1)[0], label=int(item["label"]),
+            source_label=names[int(item["label"])], votes=item["distribution"],
+            given_landmarks=item["landmarks"], true_aus=item["au_intensity"],
+        ))
+    return scan

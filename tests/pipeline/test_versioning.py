@@ -1,0 +1,71 @@
+"""Fingerprints, lock files and the content-hash stat cache."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipeline.errors import ArtifactError, ConfigError
+from pipeline.hashing import HashCache, hash_file
+from pipeline.versioning import canonical_json, fingerprint, read_lock, write_lock
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    base = fingerprint("landmarks", "1.0", {"backend": "dlib", "size": 256}, parents=["abc"], seed=0)
+    assert base == fingerprint("landmarks", "1.0", {"size": 256, "backend": "dlib"}, parents=["abc"], seed=0)
+    assert len(base) == 16 and int(base, 16) >= 0
+    changed = [
+        fingerprint("landmarks", "1.1", {"backend": "dlib", "size": 256}, parents=["abc"], seed=0),
+        fingerprint("landmarks", "1.0", {"backend": "hrnet", "size": 256}, parents=["abc"], seed=0),
+        fingerprint("landmarks", "1.0", {"backend": "dlib", "size": 224}, parents=["abc"], seed=0),
+        fingerprint("landmarks", "1.0", {"backend": "dlib", "size": 256}, parents=["abd"], seed=0),
+        fingerprint("landmarks", "1.0", {"backend": "dlib", "size": 256}, parents=["abc"], seed=1),
+        fingerprint("faces", "1.0", {"backend": "dlib", "size": 256}, parents=["abc"], seed=0),
+    ]
+    assert len(set(changed + [base])) == len(changed) + 1
+
+
+def test_fingerprint_is_a_fixed_known_value():
+    # Pinned: a change here means every user's version ids change; bump stage versions instead.
+    assert fingerprint("sources", "1.0", {"a": 1}) == "1aeb0e5c5a171a16"
+    assert canonical_json({"b": [1, 2.5], "a": "x"}) == '{"a":"x","b":[1,2.5]}'
+
+
+def test_non_finite_params_rejected():
+    with pytest.raises(ConfigError, match="non-finite"):
+        fingerprint("graphs", "1.0", {"sigma": float("nan")})
+
+
+def test_lock_written_and_latest_pointer(tmp_path):
+    path = write_lock("synthetic", "abcd1234", {"stages": [{"name": "sources"}]}, root=tmp_path)
+    assert path == tmp_path / "versions" / "synthetic" / "abcd1234.json"
+    lock = read_lock("synthetic", root=tmp_path)
+    assert lock["version"] == "abcd1234" and lock["stages"] == [{"name": "sources"}]
+    assert "python" in lock["packages"]
+    write_lock("synthetic", "ffff0000", {}, root=tmp_path)
+    assert read_lock("synthetic", root=tmp_path)["version"] == "ffff0000"
+    assert read_lock("synthetic", "abcd1234", root=tmp_path)["version"] == "abcd1234"
+    with pytest.raises(ArtifactError, match="known versions: abcd1234, ffff0000"):
+        read_lock("synthetic", "nope", root=tmp_path)
+    with pytest.raises(ArtifactError, match="make prepare DATASET=rafdb"):
+        read_lock("rafdb", root=tmp_path)
+    assert not list((tmp_path / "versions" / "synthetic").glob(".*tmp"))
+    json.loads(path.read_text())
+
+
+def test_hash_cache_rereads_only_changed_files(tmp_path):
+    files = [tmp_path / f"{i}.bin" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 100)
+    cache = HashCache(tmp_path / "cache.sqlite")
+    first = cache.hash_many(files)
+    assert cache.misses == 3 and cache.hits == 0
+    assert first == [hash_file(f) for f in files]
+    cache.close()
+    cache = HashCache(tmp_path / "cache.sqlite")   # a new process sees the stored hashes
+    assert cache.hash_many(files) == first and cache.hits == 3 and cache.misses == 0
+    files[1].write_bytes(b"changed content")
+    os.utime(files[1], ns=(1, 1))
+    second = cache.hash_many(files)
+    assert cache.misses == 1 and second[1] != first[1] and second[0] == first[0]
