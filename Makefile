@@ -37,5 +37,24 @@ test-slow:  ## run the slow tests (servers, big fixtures)
 test-all:  ## run every test (GPU tests skip without CUDA)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+prepare:  ## prepare a dataset version (default: the embedded synthetic set): make prepare DATASET=rafdb ROOT=/data/rafdb [CONFIG=f.yaml] [ARGS="--set graphs.k=8"]
+	$(PY) -m flows prepare --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+PREFECT_PORT ?= 4200
+server:  ## start a Prefect server on 127.0.0.1:$(PREFECT_PORT) (SQLite, analytics off); leave it running
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false \
+	  .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+CRON ?= 0 3 * * *
+serve:  ## serve the prepare flow on a schedule against `make server`: make serve DATASET=rafdb ROOT=... CRON="0 3 * * *"
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(PY) -m flows serve --dataset $(DATASET) \
+	  $(if $(ROOT),--root $(ROOT)) $(if $(CONFIG),--config $(CONFIG)) --cron "$(CRON)" $(ARGS)
+
+train:  ## train on a prepared version: make train DATASET=synthetic METHOD=baseline NOISE=sym-0.30 [CONFIG=f.yaml] [ARGS="--epochs 2"]
+	$(PY) -m training.train --dataset $(DATASET) --method $(METHOD) --noise $(NOISE) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+benchmark-noise:  ## every method x noise variant x seed: make benchmark-noise DATASET=synthetic METHODS=baseline,soft NOISE=sym-0.30 SEEDS=0,1
+	$(PY) -m training.benchmark --dataset $(DATASET) --methods $(METHODS) --noise $(NOISE) --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
 clean:  ## remove build outputs (keeps .venv, artifacts and runs)
 	rm -rf build *.egg-info .pytest_cache

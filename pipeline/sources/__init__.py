@@ -43,6 +43,12 @@ class SourceResult:
     image_root: Path
     exclusions: Counter = field(default_factory=Counter)
 
+    @property
+    def metadata(self) -> dict:
+        """Parquet metadata of samples.parquet: class names, image root, exclusions, fingerprint."""
+        return {"dataset": self.spec.name, "classes": list(self.spec.classes), "image_root": str(self.image_root),
+                "exclusions": dict(sorted(self.exclusions.items())), "fingerprint": self.fingerprint}
+
     def summary(self) -> dict:
         """Counts per split and class, exclusions and quarantine by reason."""
         splits = self.samples.column("split").to_pylist()
@@ -102,13 +108,10 @@ def prepare_source(dataset: str | DatasetSpec, root: str | Path | None, out_dir:
               "label_files": [hash_file(p) for p in scan.label_files]}
     stage_fp = fingerprint(STAGE_NAME, STAGE_VERSION, params)
     quarantine = quarantine_table(scan.quarantine)
-    metadata = {"dataset": spec.name, "classes": list(spec.classes), "image_root": str(scan.image_root),
-                "exclusions": dict(scan.exclusions), "fingerprint": stage_fp}
-    if out_dir is not None:
-        out = Path(out_dir)
-        write_table(out / SAMPLES, samples, metadata)
-        write_table(out / QUARANTINE, quarantine, {"fingerprint": stage_fp})
     result = SourceResult(spec, samples, quarantine, stage_fp, scan.image_root, scan.exclusions)
+    if out_dir is not None:
+        write_table(Path(out_dir) / SAMPLES, samples, result.metadata)
+        write_table(Path(out_dir) / QUARANTINE, quarantine, {"fingerprint": stage_fp})
     log.info("sources: %d samples, %d quarantined, %d excluded", samples.num_rows,
              quarantine.num_rows, sum(scan.exclusions.values()))
     return result
