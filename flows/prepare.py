@@ -32,9 +32,13 @@ def _cache_key(context, parameters) -> str:
     return parameters["cache_key"]
 
 
-def _shard_cache_key(stage_fp: str, shard) -> str:
-    keys = "\n".join(shard.column("key").to_pylist())
-    return f"{stage_fp}-{hashlib.blake2b(keys.encode(), digest_size=12).hexdigest()}"
+def _shard_cache_key(store_dir: Path, shard) -> str:
+    """Prefect cache key of one shard task: its output store (named by the stage fingerprint) and its keys.
+
+    The store's path is part of the key, so a cache hit always means the part exists in that store.
+    """
+    text = "\n".join([str(store_dir), *shard.column("key").to_pylist()])
+    return f"{store_dir.name}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
 
 @task(name="sources", retries=1, retry_delay_seconds=2)
@@ -89,37 +93,49 @@ def report_task(version_dir: Path, summary: dict) -> str:
     return str(build_report(version_dir, summary))
 
 
-def _run_shards(stage: str, submit, shards: list) -> int:
-    """Submit one task per shard, wait with a terminal bar and a Prefect progress artifact."""
+def _run_shards(stage: str, shard_task, shards: list, store_dir: Path, arguments) -> int:
+    """One task per shard; a terminal bar and a Prefect progress artifact show progress.
+
+    A shard whose part is missing from the store after its task (a stale Prefect cache entry, a part
+    deleted by hand) is run once more with the cache refreshed, so the store is always complete.
+    """
     if not shards:
         return 0
     total = sum(s.num_rows for s in shards)
     artifact = create_progress_artifact(progress=0.0, description=f"{stage}: {total} images in {len(shards)} shards")
     done = 0
     with tqdm(total=total, desc=stage, unit="img") as bar:
-        for future in as_completed([submit(shard) for shard in shards]):
+        for future in as_completed([shard_task.submit(*arguments(shard)) for shard in shards]):
             count = future.result()
             done += count
             bar.update(count)
             update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
+    stored = PartStore(store_dir).done_keys()
+    missing = [s for s in shards if not set(s.column("key").to_pylist()) <= stored]
+    if missing:
+        log.warning("%s: %d shards had no stored part after their task; running them again", stage, len(missing))
+        refreshed = shard_task.with_options(refresh_cache=True)
+        for future in [refreshed.submit(*arguments(shard)) for shard in missing]:
+            future.result()
     return done
 
 
 def _per_image_stages(config, stages, plan, source, keys, out: Path, counts: dict) -> None:
     faces_dir, lm_dir, au_dir = (plan.store_dir(s) for s in ("faces", "landmarks", "action_units"))
     samples, size = source.samples, config.shard_size
-    counts["faces"] = _run_shards("faces", lambda s: faces_shard_task.submit(
-        s, source.image_root, stages.align, faces_dir, _shard_cache_key(plan.store_fingerprints["faces"], s)),
-        assemble.pending_shards(PartStore(faces_dir), samples, keys, size))
+    counts["faces"] = _run_shards(
+        "faces", faces_shard_task, assemble.pending_shards(PartStore(faces_dir), samples, keys, size), faces_dir,
+        lambda s: (s, source.image_root, stages.align, faces_dir, _shard_cache_key(faces_dir, s)))
     usable, quarantine = assemble.assemble_faces(PartStore(faces_dir), samples, keys, out, stages.align.crop_size)
-    counts["landmarks"] = _run_shards("landmarks", lambda s: landmarks_shard_task.submit(
-        s, faces_dir, stages.landmarks, lm_dir, _shard_cache_key(plan.store_fingerprints["landmarks"], s)),
-        assemble.pending_shards(PartStore(lm_dir), samples, keys, size, only=usable))
+    counts["landmarks"] = _run_shards(
+        "landmarks", landmarks_shard_task,
+        assemble.pending_shards(PartStore(lm_dir), samples, keys, size, only=usable), lm_dir,
+        lambda s: (s, faces_dir, stages.landmarks, lm_dir, _shard_cache_key(lm_dir, s)))
     quarantine += assemble.assemble_table(PartStore(lm_dir), samples, keys, usable, out / LANDMARKS, "landmarks")
-    counts["action_units"] = _run_shards("action units", lambda s: action_units_shard_task.submit(
-        s, faces_dir, lm_dir, stages.action_units, au_dir,
-        _shard_cache_key(plan.store_fingerprints["action_units"], s)),
-        assemble.pending_shards(PartStore(au_dir), samples, keys, size, only=usable))
+    counts["action_units"] = _run_shards(
+        "action units", action_units_shard_task,
+        assemble.pending_shards(PartStore(au_dir), samples, keys, size, only=usable), au_dir,
+        lambda s: (s, faces_dir, lm_dir, stages.action_units, au_dir, _shard_cache_key(au_dir, s)))
     quarantine += assemble.assemble_table(PartStore(au_dir), samples, keys, usable, out / ACTION_UNITS,
                                           "action_units")
     append_quarantine(out / QUARANTINE, quarantine)

@@ -1,0 +1,387 @@
+"""Action units over one shard: crops (+ 68 landmarks) -> intensity [N, 17] (AU01..AU45 _r, 0-5) + presence [N, 18].
+
+Backends (AUConfig.backend):
+- `openface`: OpenFace 2.x. One process per shard: the shard's crops are written as PNGs into a temporary
+  directory and the binary runs once over it with `-fdir`. `FaceLandmarkImg` (default mode 'image': static
+  models, one CSV per image) suits independent photos; `FeatureExtraction` (mode 'sequence': one CSV with a
+  frame per image in file-name order) treats the folder as a video and calibrates AUs per person, which
+  mixes subjects, so use it only for a reason. The binary comes from AUConfig.openface_bin or $OPENFACE_BIN.
+  Rows with success=0 (or no row) are quarantined; a timeout or a non-zero exit raises with stderr kept.
+- `estimate`: AU intensities ESTIMATED from 68-point landmark geometry (not OpenFace, not a trained AU
+  model): features in inter-ocular units in the eye-aligned frame (brow heights, brow gap, lid heights, eye
+  opening, mouth-corner height, mouth width, lip gap, nose and jaw lengths), minus a neutral reference, then
+  a non-negative linear map per AU onto the 0-5 scale using only the features that AU moves, signed so that
+  a brow raise can only raise AU01/02, a smile AU12, an open jaw AU26. The neutral reference and the scales
+  are calibrated against the synthetic generator's known AU intensities (`calibrate_estimate`, run by
+  bench/calibrate_au_estimates.py); AU45 (blink) has no synthetic signal and keeps a geometric scale
+  (5 x the relative loss of eye opening). Presence: intensity >= `presence_threshold`; AU28 (lip suck) is
+  not visible to the geometry and is always 0.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .artifacts import QuarantineRow, vector_type, vectors_to_arrow
+from .constants import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
+from .errors import BackendMissingError, ConfigError, FerError, choices_message
+
+log = logging.getLogger(__name__)
+
+STAGE = "action_units"
+STAGE_VERSION = "1.0.0"
+BACKENDS = ("estimate", "openface")
+OPENFACE_MODES = {"image": "FaceLandmarkImg", "sequence": "FeatureExtraction"}
+
+AU_SCHEMA = pa.schema([
+    ("sample_id", pa.int64()), ("intensity", vector_type(len(AU_INTENSITY_NAMES))),
+    ("presence", vector_type(len(AU_PRESENCE_NAMES))), ("backend", pa.string()),
+])
+
+
+class OpenFaceError(FerError):
+    """OpenFace ran but failed on a shard (non-zero exit, timeout, no CSV); the message keeps its stderr."""
+
+
+@dataclass(frozen=True)
+class AUConfig:
+    """Action-unit backend and its literal parameters."""
+
+    backend: str = "estimate"
+    openface_bin: str | None = None          # else $OPENFACE_BIN
+    openface_mode: str = "image"             # image (FaceLandmarkImg) | sequence (FeatureExtraction)
+    openface_timeout_s: float = 1800.0
+    openface_extra_args: tuple[str, ...] = ()
+    presence_threshold: float = 1.0          # estimate: presence = intensity >= this
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(choices_message("AU backend (AUConfig.backend)", self.backend, BACKENDS))
+        if self.openface_mode not in OPENFACE_MODES:
+            raise ConfigError(choices_message("OpenFace mode (AUConfig.openface_mode)", self.openface_mode,
+                                              OPENFACE_MODES))
+
+
+# --- landmark-geometry estimates --------------------------------------------------------------------------
+
+FEATURES = ("brow_inner", "brow_outer", "brow_gap", "upper_lid", "lower_lid", "eye_open", "corner_height",
+            "mouth_width", "lip_gap", "upper_lip", "lower_lip", "nose_length", "jaw")
+
+# AU -> features it moves, with the sign in which the AU moves them (image y points down; heights are
+# measured upward from the eye line, lengths downward from it).
+AU_FEATURES: dict[str, tuple[tuple[str, int], ...]] = {
+    "AU01": (("brow_inner", +1),),
+    "AU02": (("brow_outer", +1),),
+    "AU04": (("brow_inner", -1), ("brow_gap", -1)),
+    "AU05": (("upper_lid", +1), ("eye_open", +1)),
+    "AU06": (("lower_lid", +1), ("corner_height", +1)),
+    "AU07": (("lower_lid", +1), ("eye_open", -1)),
+    "AU09": (("nose_length", -1), ("upper_lip", -1)),
+    "AU10": (("upper_lip", -1),),
+    "AU12": (("corner_height", +1), ("mouth_width", +1)),
+    "AU14": (("mouth_width", +1),),
+    "AU15": (("corner_height", -1),),
+    "AU17": (("lower_lip", -1), ("jaw", -1)),
+    "AU20": (("mouth_width", +1), ("corner_height", -1)),
+    "AU23": (("mouth_width", -1),),
+    "AU25": (("lip_gap", +1),),
+    "AU26": (("jaw", +1), ("lip_gap", +1)),
+    "AU45": (("eye_open", -1),),
+}
+
+
+def geometry_features(points: np.ndarray) -> np.ndarray:
+    """[N, 68, 2] landmarks (any similarity frame) -> [N, F] features in inter-ocular units, eye-aligned frame."""
+    p = np.asarray(points, dtype=np.float64)
+    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)           # [N, 2]
+    axis = right - left
+    iod = np.linalg.norm(axis, axis=1, keepdims=True)                           # [N, 1]
+    cos, sin = (axis / iod).T                                                   # [N] each
+    centred = p - (0.5 * (left + right))[:, None, :]                             # [N, 68, 2]
+    x = (centred[..., 0] * cos[:, None] + centred[..., 1] * sin[:, None]) / iod  # [N, 68]
+    y = (-centred[..., 0] * sin[:, None] + centred[..., 1] * cos[:, None]) / iod
+    mean_y = lambda idx: y[:, list(idx)].mean(axis=1)                           # noqa: E731
+    return np.stack([
+        -mean_y((20, 21, 22, 23)),                       # brow_inner: height above the eye line
+        -mean_y((17, 18, 25, 26)),                       # brow_outer
+        x[:, 22] - x[:, 21],                             # brow_gap
+        -mean_y((37, 38, 43, 44)),                       # upper_lid height
+        -mean_y((40, 41, 46, 47)),                       # lower_lid height
+        mean_y((40, 41, 46, 47)) - mean_y((37, 38, 43, 44)),  # eye_open
+        mean_y((33,)) - mean_y((48, 54)),                # corner_height: above the nose base is larger
+        x[:, 54] - x[:, 48],                             # mouth_width
+        mean_y((65, 66, 67)) - mean_y((61, 62, 63)),     # lip_gap (inner lips)
+        mean_y((50, 51, 52)) - mean_y((33,)),            # upper_lip: nose base to upper lip
+        mean_y((56, 57, 58)) - mean_y((33,)),            # lower_lip: nose base to lower lip
+        mean_y((31, 32, 33, 34, 35)),                    # nose_length: eye line to nose base
+        mean_y((7, 8, 9)),                               # jaw: eye line to chin
+    ], axis=1).astype(np.float64)                        # [N, F]
+
+
+@dataclass(frozen=True)
+class EstimateCalibration:
+    """Neutral feature reference [F] and per-AU scales {AU: [(feature, sign, scale)]}."""
+
+    neutral: tuple[float, ...]
+    scales: dict[str, tuple[tuple[str, int, float], ...]] = field(default_factory=dict)
+    source: str = "geometry"
+
+
+# Calibrated by bench/calibrate_au_estimates.py on pipeline.synthetic (see bench/results/au_calibration.json).
+CALIBRATION = EstimateCalibration(
+    neutral=(0.3362, 0.29593, 0.45783, 0.07349, -0.0566, 0.13009, -0.26629, 0.80326, -0.0, 0.15825, 0.3901, 0.67356, 1.67893),
+    scales={
+        'AU01': (('brow_inner', 1, 32.1911),),
+        'AU02': (('brow_outer', 1, 26.6794),),
+        'AU04': (('brow_inner', -1, 0.0), ('brow_gap', -1, 28.8884)),
+        'AU05': (('upper_lid', 1, 99.6312), ('eye_open', 1, 0.0)),
+        'AU06': (('lower_lid', 1, 11.4365), ('corner_height', 1, 22.3808)),
+        'AU07': (('lower_lid', 1, 83.8097), ('eye_open', -1, 0.0)),
+        'AU09': (('nose_length', -1, 32.0005), ('upper_lip', -1, 23.7839)),
+        'AU10': (('upper_lip', -1, 50.4715),),
+        'AU12': (('corner_height', 1, 35.0837), ('mouth_width', 1, 1.5727)),
+        'AU14': (('mouth_width', 1, 2.745),),
+        'AU15': (('corner_height', -1, 23.167),),
+        'AU17': (('lower_lip', -1, 0.0), ('jaw', -1, 19.4893)),
+        'AU20': (('mouth_width', 1, 7.4089), ('corner_height', -1, 3.9726)),
+        'AU23': (('mouth_width', -1, 21.2563),),
+        'AU25': (('lip_gap', 1, 18.1471),),
+        'AU26': (('jaw', 1, 6.2701), ('lip_gap', 1, 7.5122)),
+        'AU45': (('eye_open', -1, 38.4355),),
+    },
+    source="synthetic")
+
+
+def calibrate_estimate(points: np.ndarray, intensity: np.ndarray, neutral_mask: np.ndarray) -> EstimateCalibration:
+    """Fit the neutral reference (mean features of neutral faces) and non-negative per-AU scales (NNLS).
+
+    points [N, 68, 2], intensity [N, 17] known AU intensities (0-5), neutral_mask [N] bool.
+    """
+    from scipy.optimize import nnls
+
+    feats = geometry_features(points)                                           # [N, F]
+    neutral = feats[neutral_mask].mean(axis=0)                                  # [F]
+    delta = feats - neutral                                                     # [N, F]
+    scales: dict[str, tuple[tuple[str, int, float], ...]] = {}
+    for k, au in enumerate(AU_INTENSITY_NAMES):
+        spec = AU_FEATURES[au]
+        columns = np.stack([sign * delta[:, FEATURES.index(name)] for name, sign in spec], axis=1)  # [N, m]
+        target = intensity[:, k]
+        if np.ptp(target) < 1e-6:  # no signal (AU45 in the synthetic set): geometric default
+            scales[au] = tuple((name, sign, _geometric_scale(name, neutral)) for name, sign in spec)
+            continue
+        weights, _ = nnls(np.clip(columns, 0.0, None), target)
+        scales[au] = tuple((name, sign, float(w)) for (name, sign), w in zip(spec, weights))
+    return EstimateCalibration(tuple(float(v) for v in neutral), scales, "synthetic")
+
+
+def _geometric_scale(feature: str, neutral: np.ndarray) -> float:
+    """5 intensity units for losing the whole neutral value of a feature (e.g. eyes fully shut)."""
+    return float(5.0 / max(abs(neutral[FEATURES.index(feature)]), 1e-6))
+
+
+def estimate_aus(points: np.ndarray, calibration: EstimateCalibration | None = None) -> np.ndarray:
+    """[N, 68, 2] landmarks -> [N, 17] estimated intensities (0-5)."""
+    calibration = calibration or active_calibration()
+    feats = geometry_features(points)                                           # [N, F]
+    delta = feats - np.asarray(calibration.neutral)                             # [N, F]
+    out = np.zeros((len(feats), len(AU_INTENSITY_NAMES)), dtype=np.float64)     # [N, 17]
+    for k, au in enumerate(AU_INTENSITY_NAMES):
+        for name, sign, scale in calibration.scales[au]:
+            out[:, k] += scale * np.clip(sign * delta[:, FEATURES.index(name)], 0.0, None)
+    return np.clip(out, 0.0, 5.0).astype(np.float32)
+
+
+def presence_from_intensity(intensity: np.ndarray, threshold: float) -> np.ndarray:
+    """[N, 17] intensities -> [N, 18] presence (AU_PRESENCE_NAMES order; AU28 always 0)."""
+    presence = np.zeros((len(intensity), len(AU_PRESENCE_NAMES)), dtype=np.float32)
+    for j, au in enumerate(AU_PRESENCE_NAMES):
+        if au in AU_INTENSITY_NAMES:
+            presence[:, j] = intensity[:, AU_INTENSITY_NAMES.index(au)] >= threshold
+    return presence
+
+
+def active_calibration() -> EstimateCalibration:
+    """The stored synthetic calibration."""
+    if not CALIBRATION.neutral:
+        raise ConfigError("the AU estimate calibration is empty; run bench/calibrate_au_estimates.py")
+    return CALIBRATION
+
+
+# --- OpenFace ------------------------------------------------------------------------------------------------
+
+INTENSITY_COLUMNS = tuple(f"{au}_r" for au in AU_INTENSITY_NAMES)
+PRESENCE_COLUMNS = tuple(f"{au}_c" for au in AU_PRESENCE_NAMES)
+
+
+@dataclass(frozen=True)
+class OpenFaceRows:
+    """A parsed OpenFace CSV: per row frame (or face) id, success, confidence, [R, 17] _r and [R, 18] _c."""
+
+    frame: np.ndarray        # [R] int64 (`frame`, or `face` for FaceLandmarkImg, or the row number)
+    success: np.ndarray      # [R] bool
+    confidence: np.ndarray   # [R] float32
+    intensity: np.ndarray    # [R, 17] float32
+    presence: np.ndarray     # [R, 18] float32
+
+
+def parse_openface_csv(path: str | Path) -> OpenFaceRows:
+    """Read an OpenFace 2.x CSV (column names carry a leading space) into arrays, exactly as written."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, skipinitialspace=True)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in INTENSITY_COLUMNS + PRESENCE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path} is not an OpenFace AU CSV: missing columns {missing[:6]} "
+                          f"(run OpenFace with -aus); it has {list(frame.columns)[:8]}...")
+    ids = frame["frame"] if "frame" in frame.columns else frame.get("face", pd.Series(np.arange(len(frame))))
+    success = frame["success"] if "success" in frame.columns else pd.Series(np.ones(len(frame)))
+    confidence = frame["confidence"] if "confidence" in frame.columns else pd.Series(np.ones(len(frame)))
+    return OpenFaceRows(
+        frame=ids.to_numpy(dtype=np.int64), success=success.to_numpy(dtype=np.float64) > 0.5,
+        confidence=confidence.to_numpy(dtype=np.float32),
+        intensity=frame[list(INTENSITY_COLUMNS)].to_numpy(dtype=np.float32),
+        presence=frame[list(PRESENCE_COLUMNS)].to_numpy(dtype=np.float32))
+
+
+def openface_binary(config: AUConfig) -> Path:
+    """The OpenFace binary to run: AUConfig.openface_bin, else $OPENFACE_BIN; fails at once if unusable."""
+    value = config.openface_bin or os.environ.get("OPENFACE_BIN")
+    if not value:
+        raise BackendMissingError(f"AU backend 'openface' needs the OpenFace {OPENFACE_MODES[config.openface_mode]} "
+                                  "binary: set AUConfig.openface_bin or the env var OPENFACE_BIN (OpenFace 2.x is "
+                                  "built from source; no package registry ships it)")
+    path = Path(value)
+    resolved = path if path.is_file() else Path(shutil.which(value) or value)
+    if not resolved.is_file() or not os.access(resolved, os.X_OK):
+        raise BackendMissingError(f"OpenFace binary {value!r} (AUConfig.openface_bin / OPENFACE_BIN) is not an "
+                                  "executable file")
+    return resolved
+
+
+def run_openface(crops: np.ndarray, config: AUConfig) -> list[OpenFaceRows | None]:
+    """Write the crops as PNGs, run OpenFace once over the folder, parse; one entry per crop (None = no row)."""
+    import cv2
+
+    binary = openface_binary(config)
+    with tempfile.TemporaryDirectory(prefix="fer-openface-") as tmp:
+        image_dir, out_dir = Path(tmp) / "images", Path(tmp) / "out"
+        image_dir.mkdir()
+        out_dir.mkdir()
+        names = [f"{i:06d}" for i in range(len(crops))]
+        for name, crop in zip(names, crops):
+            cv2.imwrite(str(image_dir / f"{name}.png"), np.ascontiguousarray(crop[..., ::-1]))
+        command = [str(binary), "-fdir", str(image_dir), "-out_dir", str(out_dir), *config.openface_extra_args]
+        if config.openface_mode == "sequence":
+            command += ["-of", "shard"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=config.openface_timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            stderr = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+            raise OpenFaceError(f"OpenFace timed out after {config.openface_timeout_s:.0f} s on {len(crops)} "
+                                      f"crops (AUConfig.openface_timeout_s); stderr: {(stderr or '')[-2000:]}") from exc
+        if done.returncode != 0:
+            raise OpenFaceError(f"OpenFace ({binary.name}) exited with {done.returncode}; "
+                                      f"stderr: {done.stderr[-2000:]}")
+        if config.openface_mode == "sequence":
+            return _rows_per_frame(out_dir / "shard.csv", len(crops))
+        return [_best_row(out_dir / f"{name}.csv") for name in names]
+
+
+def _rows_per_frame(path: Path, count: int) -> list[OpenFaceRows | None]:
+    """FeatureExtraction -fdir: frame k (1-based) is the k-th image in file-name order."""
+    if not path.is_file():
+        raise OpenFaceError(f"OpenFace wrote no CSV at {path}")
+    rows = parse_openface_csv(path)
+    out: list[OpenFaceRows | None] = [None] * count
+    for r in range(len(rows.frame)):
+        index = int(rows.frame[r]) - 1
+        if 0 <= index < count:
+            out[index] = _slice(rows, r)
+    return out
+
+
+def _best_row(path: Path) -> OpenFaceRows | None:
+    """FaceLandmarkImg: one CSV per image, one row per face found; keep the most confident."""
+    if not path.is_file():
+        return None
+    rows = parse_openface_csv(path)
+    if len(rows.frame) == 0:
+        return None
+    return _slice(rows, int(np.argmax(rows.confidence)))
+
+
+def _slice(rows: OpenFaceRows, r: int) -> OpenFaceRows:
+    return OpenFaceRows(rows.frame[r:r + 1], rows.success[r:r + 1], rows.confidence[r:r + 1],
+                        rows.intensity[r:r + 1], rows.presence[r:r + 1])
+
+
+# --- shard ---------------------------------------------------------------------------------------------------
+
+def check_backend(config: AUConfig) -> None:
+    """Fail at once when the chosen backend cannot run here."""
+    if config.backend == "openface":
+        openface_binary(config)
+    else:
+        active_calibration()
+
+
+def au_table(sample_ids: np.ndarray, intensity: np.ndarray, presence: np.ndarray, backend: str) -> pa.Table:
+    return pa.table({
+        "sample_id": pa.array(np.asarray(sample_ids, dtype=np.int64)),
+        "intensity": vectors_to_arrow(np.asarray(intensity, dtype=np.float32).reshape(-1, len(AU_INTENSITY_NAMES))),
+        "presence": vectors_to_arrow(np.asarray(presence, dtype=np.float32).reshape(-1, len(AU_PRESENCE_NAMES))),
+        "backend": pa.array([backend] * len(sample_ids), pa.string()),
+    }, schema=AU_SCHEMA)
+
+
+def action_units_shard(crops: np.ndarray | None, sample_ids: np.ndarray, landmarks: np.ndarray | None,
+                       config: AUConfig) -> tuple[pa.Table, list[QuarantineRow]]:
+    """AUs for one shard. `estimate` needs landmarks [B, 68, 2] (crops may be None); `openface` needs crops.
+
+    Returns (table, quarantine): one table row per sample that got AUs (sample_id, intensity [17],
+    presence [18], backend); the others (OpenFace success=0 or no row, non-finite or non-68-point
+    landmarks) get a quarantine row instead.
+    """
+    check_backend(config)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    quarantine: list[QuarantineRow] = []
+    if config.backend == "estimate":
+        if landmarks is None or np.asarray(landmarks).shape[1:] != (68, 2):
+            shape = None if landmarks is None else np.asarray(landmarks).shape
+            raise ConfigError(f"AU backend 'estimate' needs 68-point landmarks [B, 68, 2], got {shape}; "
+                              "run the landmark stage with output_layout 'native' and a 68-point backend")
+        landmarks = np.asarray(landmarks, dtype=np.float64)
+        ok = np.isfinite(landmarks).all(axis=(1, 2))
+        intensity = np.zeros((len(sample_ids), len(AU_INTENSITY_NAMES)), dtype=np.float32)
+        if ok.any():
+            intensity[ok] = estimate_aus(landmarks[ok])
+        presence = presence_from_intensity(intensity, config.presence_threshold)
+        reasons = {i: "non_finite_landmarks" for i in np.flatnonzero(~ok)}
+    else:
+        if crops is None or len(crops) != len(sample_ids):
+            raise ConfigError("AU backend 'openface' needs one crop per sample id")
+        results = run_openface(crops, config) if len(crops) else []
+        intensity = np.zeros((len(sample_ids), len(AU_INTENSITY_NAMES)), dtype=np.float32)
+        presence = np.zeros((len(sample_ids), len(AU_PRESENCE_NAMES)), dtype=np.float32)
+        reasons = {}
+        for i, row in enumerate(results):
+            if row is None:
+                reasons[i] = "openface_no_output"
+            elif not row.success[0]:
+                reasons[i] = "openface_success_0"
+            else:
+                intensity[i], presence[i] = row.intensity[0], row.presence[0]
+    keep = np.array([i not in reasons for i in range(len(sample_ids))], dtype=bool)
+    quarantine = [QuarantineRow(relpath="", stage=STAGE, reason=reason, detail=f"backend {config.backend}",
+                                sample_id=int(sample_ids[i])) for i, reason in sorted(reasons.items())]
+    return au_table(sample_ids[keep], intensity[keep], presence[keep], config.backend), quarantine

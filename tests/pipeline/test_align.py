@@ -1,0 +1,72 @@
+"""Alignment maths: Umeyama similarity, point mapping, 5-point derivation, box and resize transforms."""
+import numpy as np
+import pytest
+
+from pipeline import align
+from pipeline.errors import ConfigError
+
+
+def _similarity(scale, degrees, tx, ty):
+    a = np.deg2rad(degrees)
+    return np.array([[scale * np.cos(a), -scale * np.sin(a), tx], [scale * np.sin(a), scale * np.cos(a), ty]])
+
+
+def test_umeyama_recovers_a_known_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 200, size=(7, 2))
+    truth = _similarity(1.7, -23.0, 12.0, -40.0)
+    dst = align.map_points(src, truth).astype(np.float64)
+    np.testing.assert_allclose(align.umeyama_similarity(src, dst), truth, atol=1e-4)
+    weighted = align.umeyama_similarity(src, dst, weights=rng.uniform(0.1, 2.0, 7))
+    np.testing.assert_allclose(weighted, truth, atol=1e-4)
+
+
+def test_umeyama_never_reflects():
+    src = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 5.0], [7.0, 9.0]])
+    mirrored = src * np.array([-1.0, 1.0])
+    m = align.umeyama_similarity(src, mirrored)
+    assert np.linalg.det(m[:, :2]) > 0
+
+
+def test_map_and_invert_round_trip():
+    t = _similarity(0.5, 15.0, 3.0, 4.0)
+    pts = np.array([[1.0, 2.0], [100.0, -3.0]])
+    back = align.map_points(align.map_points(pts, t), align.invert_transform(t))
+    np.testing.assert_allclose(back, pts, atol=1e-4)
+    batched = align.map_points(np.stack([pts, pts]), np.stack([t, align.invert_transform(t)]))
+    np.testing.assert_allclose(batched[0], align.map_points(pts, t), atol=1e-5)
+    np.testing.assert_allclose(align.transform_from_row(align.transform_to_row(t)), t, atol=1e-5)
+
+
+def test_landmarks_onto_template_exactly_when_the_face_is_the_template():
+    template = align.template_points(256)
+    t = _similarity(2.0, 10.0, 50.0, 20.0)
+    face = align.map_points(template, align.invert_transform(t))
+    np.testing.assert_allclose(align.map_points(face, align.transform_from_points(face, 256)), template, atol=1e-3)
+
+
+def test_five_points_from_68_and_19():
+    pts68 = np.arange(136, dtype=np.float64).reshape(68, 2)
+    five = align.five_points(pts68)
+    np.testing.assert_allclose(five[0], pts68[36:42].mean(0))
+    np.testing.assert_allclose(five[2], pts68[30])
+    np.testing.assert_allclose(five[4], pts68[54])
+    aflw = align.landmarks_68_to_aflw19(pts68)
+    assert aflw.shape == (19, 2)
+    np.testing.assert_allclose(align.five_points(aflw)[[2, 3, 4]], pts68[[30, 48, 54]])
+    with pytest.raises(ConfigError):
+        align.five_points(np.zeros((10, 2)))
+
+
+def test_resize_transform_maps_pixel_centres():
+    t = align.resize_transform(100, 50, 256)
+    corners = align.map_points(np.array([[-0.5, -0.5], [99.5, 49.5]]), t)
+    np.testing.assert_allclose(corners, [[-0.5, -0.5], [255.5, 255.5]], atol=1e-4)
+
+
+def test_box_transform_puts_the_box_eye_line_on_the_template():
+    box = np.array([40.0, 60.0, 120.0, 120.0])
+    t = align.transform_from_box(box, 256)
+    eye_mid = np.array([[box[0] + 60 - 0.5, box[1] + align.BOX_EYES_FROM_TOP * 120 - 0.5]])
+    np.testing.assert_allclose(align.map_points(eye_mid, t)[0], align.template_points(256)[:2].mean(0), atol=1e-4)
+    np.testing.assert_allclose(align.template_box(256)[2], 256 * 0.3 * align.BOX_SIDE_PER_IOD, atol=1e-6)

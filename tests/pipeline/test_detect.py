@@ -1,0 +1,155 @@
+"""Detection and alignment on real faces: scikit-image's astronaut and transformed copies of it."""
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+from skimage import data
+
+from pipeline import align
+from pipeline.artifacts import vectors_to_arrow, vectors_to_numpy
+from pipeline.detect import FACES_SCHEMA, AlignConfig, detect_align_shard, pick_face
+from pipeline.errors import BackendMissingError, ConfigError
+
+
+def _astronaut_points(image):
+    """Reference 68 points of the untransformed astronaut (dlib on its HOG box)."""
+
+    from pipeline.dlib_models import hog_detector, shape_predictor
+
+    rects, scores, _ = hog_detector().run(image, 1, 0.0)
+    rect = rects[int(np.argmax(scores))]
+    return np.array([[p.x, p.y] for p in shape_predictor()(image, rect).parts()], dtype=np.float64)
+
+
+def _copies(image):
+    """(name, image, 2x3 transform original -> copy, flipped)."""
+    out = [("original", image, np.eye(3)[:2], False)]
+    for degrees in (-20, -10, 10, 20):
+        m = cv2.getRotationMatrix2D((230.0, 160.0), degrees, 1.0)
+        out.append((f"rot{degrees}", cv2.warpAffine(image, m, (512, 512)), m, False))
+    for scale in (0.6, 1.5):
+        m = np.array([[scale, 0, 0], [0, scale, 0.0]])
+        side = int(512 * scale)
+        out.append((f"scale{scale}", cv2.warpAffine(image, m, (side, side)), m, False))
+    out.append(("flip", np.ascontiguousarray(image[:, ::-1]), np.array([[-1.0, 0, 511], [0, 1, 0]]), True))
+    m = np.array([[1.0, 0, 310], [0, 1, 190]])
+    out.append(("canvas", cv2.warpAffine(image, m, (1100, 900)), m, False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def astronaut_shard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("astronaut")
+    image = data.astronaut()
+    copies = _copies(image)
+    names = []
+    for name, img, _, _ in copies:
+        Image.fromarray(img).save(root / f"{name}.png")
+        names.append(f"{name}.png")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(root / "blank.png")
+    names += ["corrupt.jpg", "blank.png", "missing.png"]
+    samples = pa.table({"sample_id": pa.array(np.arange(100, 100 + len(names)), pa.int64()), "relpath": names})
+    faces, crops, quarantine = detect_align_shard(samples, root, AlignConfig(), progress=False)
+    return dict(root=root, copies=copies, faces=faces, crops=crops, quarantine=quarantine,
+                reference=_astronaut_points(image))
+
+
+def test_detection_finds_the_face_in_every_copy(astronaut_shard):
+    faces = astronaut_shard["faces"]
+    assert faces.schema.equals(FACES_SCHEMA, check_metadata=False)
+    n = len(astronaut_shard["copies"])
+    assert faces.column("status").to_pylist()[:n] == ["ok"] * n
+    assert all(s >= 0.5 for s in faces.column("score").to_pylist()[:n])
+    assert faces.column("detector").to_pylist() == ["dlib"] * faces.num_rows
+
+
+def test_eye_centres_land_within_2px_of_the_template(astronaut_shard):
+    template = align.template_points(256)
+    transforms = align.transform_from_row(vectors_to_numpy(astronaut_shard["faces"].column("transform")))
+    for i, (name, _, to_copy, flipped) in enumerate(astronaut_shard["copies"]):
+        true_points = align.map_points(astronaut_shard["reference"], to_copy)        # [68, 2] in the copy
+        in_crop = align.map_points(true_points, transforms[i])
+        eyes = np.stack([in_crop[36:42].mean(0), in_crop[42:48].mean(0)])
+        if flipped:  # the subject's right eye is now on the image right
+            eyes = eyes[::-1]
+        error = np.linalg.norm(eyes - template[:2], axis=1)
+        assert error.max() < 2.0, f"{name}: eye centres {error} px from the template"
+
+
+def test_bad_inputs_are_quarantined_not_crashed(astronaut_shard):
+    faces, crops, quarantine = astronaut_shard["faces"], astronaut_shard["crops"], astronaut_shard["quarantine"]
+    status = dict(zip(faces.column("sample_id").to_pylist(), faces.column("status").to_pylist()))
+    n = len(astronaut_shard["copies"])
+    assert [status[100 + n + k] for k in range(3)] == ["unreadable", "no_face", "unreadable"]
+    reasons = {q.sample_id: q.reason for q in quarantine}
+    assert reasons == {100 + n: "unreadable_image", 101 + n: "no_face", 102 + n: "unreadable_image"}
+    assert crops.shape == (n + 3, 256, 256, 3) and crops.dtype == np.uint8
+    assert crops[n:].max() == 0 and crops[:n].mean() > 50
+    assert faces.column("transform").null_count == 3
+
+
+def test_several_faces_keep_the_largest_most_central(tmp_path):
+    face = data.astronaut()[40:240, 120:320]                                     # ~200 px around the face
+    canvas = np.full((600, 900, 3), 200, np.uint8)
+    canvas[200:400, 350:550] = face                                              # big, central
+    canvas[20:120, 20:120] = cv2.resize(face, (100, 100), interpolation=cv2.INTER_AREA)  # small, corner
+    Image.fromarray(canvas).save(tmp_path / "two.png")
+    samples = pa.table({"sample_id": pa.array([0], pa.int64()), "relpath": ["two.png"]})
+    faces, crops, quarantine = detect_align_shard(samples, tmp_path, AlignConfig(), progress=False)
+    assert faces.column("status")[0].as_py() == "multi_face"
+    assert faces.column("n_faces")[0].as_py() == 2
+    box = faces.column("bbox")[0].as_py()
+    assert 350 <= box[0] + box[2] / 2 <= 550 and quarantine == []
+
+
+def test_pick_face_prefers_large_central():
+    boxes = np.array([[0, 0, 50, 50], [400, 300, 60, 60], [10, 10, 90, 90]], float)
+    assert pick_face(boxes, 800, 600) == 1
+
+
+def test_given_boxes_landmarks_and_null_box(tmp_path):
+    image = data.astronaut()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    ref = _astronaut_points(image)
+    boxes = np.array([[175, 76, 91, 91], [175, 76, 91, 91], [np.nan] * 4], np.float32)
+    lms = np.stack([ref.reshape(-1), ref.reshape(-1), ref.reshape(-1)]).astype(np.float32)
+    samples = pa.table({
+        "sample_id": pa.array([0, 1, 2], pa.int64()), "relpath": ["a.png"] * 3,
+        "given_bbox": vectors_to_arrow(boxes, valid=np.array([True, True, False])),
+        "given_landmarks": vectors_to_arrow(lms, valid=np.array([True, False, True])),
+    })
+    faces, crops, quarantine = detect_align_shard(samples, tmp_path, AlignConfig(detector="given"), progress=False)
+    assert faces.column("status").to_pylist() == ["ok", "ok", "no_face"]
+    t = align.transform_from_row(vectors_to_numpy(faces.column("transform")))
+    eyes = align.map_points(ref, t[0])
+    np.testing.assert_allclose(eyes[36:42].mean(0), align.template_points(256)[0], atol=1.5)
+    np.testing.assert_allclose(t[1], align.transform_from_box(boxes[1], 256), atol=1e-4)
+    assert [q.sample_id for q in quarantine] == [2]
+
+
+def test_prealigned_is_a_resize(tmp_path):
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "s.png")
+    Image.fromarray(small[..., 0]).save(tmp_path / "grey.png")   # FERPlus-style single channel
+    samples = pa.table({"sample_id": pa.array([0, 1], pa.int64()), "relpath": ["s.png", "grey.png"]})
+    faces, crops, _ = detect_align_shard(samples, tmp_path, AlignConfig(detector="prealigned", crop_size=64),
+                                         progress=False)
+    expected = cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(crops[0].astype(int) - expected.astype(int)).max() <= 2
+    assert crops.shape == (2, 64, 64, 3) and faces.column("status").to_pylist() == ["ok", "ok"]
+    np.testing.assert_allclose(align.transform_from_row(np.array(faces.column("transform")[0].as_py())),
+                               align.resize_transform(100, 100, 64), atol=1e-5)
+
+
+def test_bad_configuration_fails_at_once(tmp_path):
+    with pytest.raises(ConfigError, match="valid choices"):
+        AlignConfig(detector="mtcnn")
+    samples = pa.table({"sample_id": pa.array([0], pa.int64()), "relpath": ["x.png"]})
+    with pytest.raises(BackendMissingError, match="fan_detector_checkpoint"):
+        detect_align_shard(samples, tmp_path, AlignConfig(detector="fan"))
+    with pytest.raises(ConfigError, match="given_bbox"):
+        detect_align_shard(samples, tmp_path, AlignConfig(detector="given"))
