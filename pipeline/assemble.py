@@ -78,7 +78,7 @@ def landmarks_part(shard: pa.Table, faces_store: PartStore, config, progress: bo
     faces, _ = faces_store.gather(keys)
     table, quarantine = landmarks_shard(crops, shard.column("sample_id").to_numpy(), config,
                                         samples=shard, faces=faces.drop_columns(["key"]).append_column(
-                                            "sample_id", shard.column("sample_id")))
+                                            "sample_id", shard.column("sample_id")), progress=progress)
     return Part(_by_key(table, keys), _quarantine_by_key(quarantine, shard))
 
 

@@ -1,0 +1,198 @@
+"""The per-version report: one self-contained report.html for a prepared dataset version.
+
+It reads only what is in the version directory (DESIGN.md's artefact contract): class histograms per
+split, exclusions and quarantine by stage and reason, face detection status, a grid of aligned crops
+with landmarks drawn, action-unit distributions, the realised noise transition matrices, and per graph
+its parameters, measured recall and neighbour label agreement. A section whose table is absent is
+replaced by a short note. CSS is inline and plots are base64 PNG images, so the file opens anywhere
+without network access or JavaScript.
+
+    build_report(Path("artifacts/synthetic/<version>"), summary)   # -> .../report.html
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+
+from . import report_sections as sections
+from .artifacts import (
+    ACTION_UNITS,
+    CROPS_DIR,
+    FACES,
+    GRAPHS_DIR,
+    LABELS_DIR,
+    LANDMARKS,
+    MANIFEST,
+    QUARANTINE,
+    SAMPLES,
+    read_metadata,
+    read_table,
+)
+from .constants import SPLITS, class_names
+from .errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = "1.0.0"
+REPORT_FILE = "report.html"
+SUMMARY_ROWS_OPEN = 30          # a longer run summary is folded into a <details> element
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif; margin: 0 auto;
+       max-width: 1180px; padding: 16px 28px 48px; color: #222; line-height: 1.4; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: 3px; margin-top: 36px; }
+h3 { margin: 18px 0 6px; }
+nav a { margin-right: 14px; font-size: 0.92em; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: 0.88em; display: block; overflow-x: auto;
+        max-width: 100%; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #eef2f8; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; height: auto; display: block; margin: 6px 0 12px; }
+.note { color: #666; font-style: italic; } .muted { color: #777; font-size: 0.88em; }
+.row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.row > div { flex: 0 1 auto; max-width: 100%; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 4px 28px; }
+code { background: #f3f3f3; padding: 0 3px; }
+"""
+
+
+@dataclass(frozen=True)
+class VersionData:
+    """What every section needs about a version: identity, classes and the samples' split/label."""
+
+    directory: Path
+    dataset: str
+    version: str
+    classes: tuple[str, ...]
+    samples: pd.DataFrame        # sample_id, split, label (canonical clean label)
+    samples_metadata: dict
+    manifest: dict
+
+    def labels_by_id(self) -> np.ndarray:
+        """[max sample_id + 1] int64 clean label per sample id, -1 where no sample has that id."""
+        ids = self.samples["sample_id"].to_numpy(np.int64)
+        out = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+        out[ids] = self.samples["label"].to_numpy(np.int64)
+        return out
+
+    def labels_of(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Clean labels of `sample_ids` (-1 for ids with no sample)."""
+        return sections.labels_lookup(self.labels_by_id(), sample_ids)
+
+    def split_by_id(self) -> np.ndarray:
+        """[max sample_id + 1] object array of split names ('' where no sample has that id)."""
+        ids = self.samples["sample_id"].to_numpy(np.int64)
+        out = np.full(int(ids.max()) + 1 if len(ids) else 0, "", dtype=object)
+        out[ids] = self.samples["split"].to_numpy(object)
+        return out
+
+    def split_order(self) -> list[str]:
+        present = list(dict.fromkeys(self.samples["split"].tolist()))
+        return [s for s in SPLITS if s in present] + sorted(s for s in present if s not in SPLITS)
+
+
+def _class_names_for(metadata: dict, labels: np.ndarray) -> tuple[str, ...]:
+    names = metadata.get("classes")
+    if isinstance(names, list) and names and (not len(labels) or labels.max() < len(names)):
+        return tuple(str(n) for n in names)
+    return class_names(8 if len(labels) and labels.max() >= 7 else 7)
+
+
+def load_version(version_dir: str | Path) -> VersionData:
+    """Read the version's identity, classes and samples (split, label); raises when samples.parquet is missing."""
+    directory = Path(version_dir)
+    samples_path = directory / SAMPLES
+    if not samples_path.is_file():
+        raise ArtifactError(f"cannot report on {directory}: {SAMPLES} is missing (run `make prepare` first)")
+    manifest_path = directory / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    metadata = read_metadata(samples_path)
+    table = read_table(samples_path, ["sample_id", "split", "label"])
+    table = table.set_column(2, "label", pc.fill_null(table.column("label"), -1))    # unlabelled -> -1
+    samples = table.to_pandas()
+    labels = samples["label"].to_numpy(np.int64)
+    dataset = manifest.get("dataset") or metadata.get("dataset") or directory.parent.name
+    return VersionData(directory=directory, dataset=str(dataset), version=str(manifest.get("version") or directory.name),
+                       classes=_class_names_for(metadata, labels), samples=samples,
+                       samples_metadata=metadata, manifest=manifest)
+
+
+ARTEFACTS = (SAMPLES, QUARANTINE, FACES, CROPS_DIR, LANDMARKS, ACTION_UNITS, LABELS_DIR, GRAPHS_DIR, MANIFEST)
+
+
+def _artefact_line(directory: Path) -> str:
+    """Which DESIGN artefacts the version directory holds."""
+    present = [name for name in ARTEFACTS if (directory / name).exists()]
+    missing = [name for name in ARTEFACTS if name not in present]
+    return (f"<p class='muted'>Artefacts present: {escape(', '.join(present))}"
+            + (f"; absent: {escape(', '.join(missing))}" if missing else "") + ".</p>")
+
+
+def _header(data: VersionData, summary: dict | None) -> str:
+    counts = data.samples.groupby("split").size()
+    rows = [(split, int(counts[split])) for split in data.split_order()] + [("total", len(data.samples))]
+    parts = [
+        f"<h1>{escape(data.dataset)} <span class='muted'>version</span> <code>{escape(data.version)}</code></h1>",
+        f"<p class='muted'>{escape(str(data.directory))}</p>",
+        f"<p>{len(data.classes)} classes: {escape(', '.join(data.classes))}.</p>",
+        sections.table(["split", "samples"], rows),
+        _artefact_line(data.directory),
+    ]
+    summary = summary or data.manifest.get("summary")         # a re-rendered report keeps the flow's summary
+    if summary:
+        rows = sections.flatten(summary)
+        summary_table = sections.table(["key", "value"], rows)
+        parts.append(f"<h3>Run summary</h3>{summary_table}" if len(rows) <= SUMMARY_ROWS_OPEN else
+                     f"<details><summary><b>Run summary</b> ({len(rows)} rows)</summary>{summary_table}</details>")
+    return "\n".join(parts)
+
+
+SECTIONS = (
+    ("classes", "Classes per split", sections.classes_section),
+    ("exclusions", "Exclusions and quarantine", sections.exclusions_section),
+    ("faces", "Face detection", sections.faces_section),
+    ("crops", "Aligned crops and landmarks", sections.crops_section),
+    ("action-units", "Action units", sections.action_units_section),
+    ("noise", "Noisy-label variants", sections.noise_section),
+    ("graphs", "Neighbour graphs", sections.graphs_section),
+)
+
+
+def render_report(data: VersionData, summary: dict | None = None) -> str:
+    """The whole HTML document for one version."""
+    nav = " ".join(f"<a href='#{anchor}'>{escape(title)}</a>" for anchor, title, _ in SECTIONS)
+    body = [_header(data, summary), f"<nav>{nav}</nav>"]
+    for anchor, title, make in SECTIONS:
+        try:
+            content = make(data)
+        except (ArtifactError, OSError, ValueError, KeyError, IndexError, TypeError) as error:   # one bad table: a note
+            log.warning("report section %r failed: %s", title, error)
+            content = sections.note(f"This section could not be drawn: {error}")
+        body.append(f"<section id='{anchor}'><h2>{escape(title)}</h2>\n{content}\n</section>")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{escape(data.dataset)} {escape(data.version)}: dataset report</title>"
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def build_report(version_dir: Path, summary: dict | None = None) -> Path:
+    """Write `<version_dir>/report.html` for a prepared version and return its path.
+
+    `summary` (optional, from the prepare flow: stage timings, counts computed/reused) is shown as a
+    table under the header. Only samples.parquet is required; every other table is optional.
+    """
+    data = load_version(version_dir)
+    html = render_report(data, summary)
+    path = Path(version_dir) / REPORT_FILE
+    tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, path)
+    log.info("report for %s %s: %s (%.0f kB)", data.dataset, data.version, path, path.stat().st_size / 1024)
+    return path
