@@ -201,8 +201,9 @@ def run_prepare(config: prepare.PrepareConfig, dask_address: str | None = None, 
     """Run the prepare flow with the chosen task runner (threads, a LocalCluster or a Dask cluster)."""
     from pipeline.versioning import artifacts_root
 
-    from .runtime import configure_prefect, make_task_runner
+    from .runtime import api_for_workers, configure_prefect, make_task_runner
 
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")
     runner = make_task_runner(config.max_workers, dask_address, dask_workers)
-    return prepare_flow.with_options(task_runner=runner)(config)
+    with api_for_workers(needed=bool(dask_workers)):
+        return prepare_flow.with_options(task_runner=runner)(config)

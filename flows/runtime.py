@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 # Settings that must hold before Prefect reads them: no telemetry from this closed network, and no
@@ -39,3 +40,31 @@ def make_task_runner(max_workers: int = 2, dask_address: str | None = None, dask
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=max_workers)
+
+
+@contextmanager
+def api_for_workers(needed: bool):
+    """Give Dask worker processes one Prefect API to report to.
+
+    Without PREFECT_API_URL every worker process would start its own temporary server (seconds each);
+    when `needed` and no URL is set, start one temporary server here and export its URL to the
+    environment that LocalCluster workers inherit. A user-set PREFECT_API_URL is left alone.
+    """
+    if not needed or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()          # send the last task logs before the server goes away
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
