@@ -43,6 +43,8 @@ class DataInfo:
     num_landmarks: int = 0
     train_labels: torch.Tensor | None = None        # [N_train] int64, noisy training labels
     graphs: dict = field(default_factory=dict)      # space -> (neighbors [N_train, K] int64, similarity [N_train, K] float32)
+    # graph neighbours are positions in the training split; -1 (similarity 0) where a neighbour is not a usable
+    # training sample (other split, invalid crop), usable ones first in graph order (training.data.train_graph)
     has_va: bool = False
     has_votes: bool = False
     image_size: int = 224
@@ -92,6 +94,14 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     def target_distributions(self) -> torch.Tensor | None:
         """Per-sample estimated label distributions [N_train, C], when the method keeps them."""
         return None
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups. Default: one group with every parameter that requires grad.
+
+        Override for per-group settings: a group may carry `lr_scale` (multiplies the run's lr) and
+        `weight_decay` (replaces the run's weight decay); the schedule scales every group alike.
+        """
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -1,0 +1,108 @@
+"""The noise benchmark harness on the tiny synthetic version: 2 methods x 1 variant x 1 seed, a few steps;
+the table, CSV, plot and per-cell JSON are written, SOFT's evaluation branch is chosen and recorded, and a
+second run retrains nothing."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from training.benchmark import build_plan, flatten, load_benchmark_file, main, parse_args
+
+
+def _write_config(path, steps: int = 2):
+    config = {"benchmark": {"name": "bench_{dataset}_test"},
+              "train": {"epochs": 1, "batch_size": 16, "data": {"image_size": 56, "num_workers": 0,
+                                                                "persistent_workers": False, "pin_memory": False},
+                        "model": {"backbone": "tiny"},
+                        "runtime": {"device": "cpu", "threads": 1, "progress": False, "tensorboard": False,
+                                    "report": False, "max_steps": steps, "log_every": 1}},
+              "methods": {"soft": {"method_config": {"consistency_rampup_epochs": 0.0}}}}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _argv(tiny, tmp_path, config):
+    return ["--dataset", tiny.dataset, "--methods", "baseline,soft", "--noise", "sym-0.30", "--seeds", "0",
+            "--config", str(config), "--out", str(tmp_path / "results"), "--runs-root", str(tmp_path / "runs"),
+            "--set", f"artifacts_root={tiny.artifacts_root}", "--set", f"manifests_root={tiny.manifests_root}"]
+
+
+def test_benchmark_writes_table_and_second_run_retrains_nothing(tiny_prepared_version, tmp_path):
+    argv = _argv(tiny_prepared_version, tmp_path, _write_config(tmp_path / "bench.yaml"))
+    assert main(argv) == 0
+    out = tmp_path / "results"
+    name = "bench_synthetic_test"
+    summary = json.loads((out / f"{name}.json").read_text())
+    assert summary["actions"] == {"baseline__sym-0.30__s0": "trained", "soft__sym-0.30__s0": "trained"}
+    for suffix in (".md", ".csv", ".png"):
+        assert (out / f"{name}{suffix}").stat().st_size > 0
+    rows = list(csv.DictReader((out / f"{name}.csv").open()))
+    assert {(r["method"], r["metric"]) for r in rows} == {
+        (m, k) for m in ("baseline", "soft") for k in ("test_accuracy", "test_mean_class_accuracy", "recovered")}
+    for r in rows:
+        assert 0.0 <= float(r["mean"]) <= 1.0 and r["n"] == "1"
+    soft = json.loads((out / f"{name}_cells" / "soft__sym-0.30__s0.json").read_text())
+    assert soft["status"] == "done" and soft["branch"]["branch"] in ("student", "teacher")
+    assert soft["branch"]["selected_on"].startswith("test")          # the tiny version has no val split
+    assert soft["metrics"]["test_accuracy"] == soft["branch"]["test_accuracy"]
+    markdown = (out / f"{name}.md").read_text()
+    assert "| soft |" in markdown and "Flip recovery" in markdown and "(1 seed)" in markdown
+
+    cell_files = sorted((out / f"{name}_cells").glob("*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in cell_files]
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert main(argv) == 0
+    summary = json.loads((out / f"{name}.json").read_text())
+    assert set(summary["actions"].values()) == {"skipped"}
+    assert [p.stat().st_mtime_ns for p in cell_files] == mtimes
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
+    # a changed training config makes the cells stale: they train again, in new run directories
+    argv_changed = _argv(tiny_prepared_version, tmp_path, _write_config(tmp_path / "bench2.yaml", steps=1))
+    assert main(argv_changed + ["--methods", "baseline"]) == 0
+    summary = json.loads((out / f"{name}.json").read_text())
+    assert summary["actions"] == {"baseline__sym-0.30__s0": "trained"}
+    assert len(list((tmp_path / "runs").iterdir())) == len(runs) + 1
+
+
+def test_config_file_forms_and_bad_input(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("epochs: 2\noptim: {lr: 0.01}\n")
+    assert load_benchmark_file(plain) == ({}, {"epochs": 2, "optim": {"lr": 0.01}}, {})
+    assert flatten({"optim": {"lr": 0.01}, "epochs": 2, "method_config": {"hidden": [4, 2]}}) == [
+        ("optim.lr", 0.01), ("epochs", 2), ("method_config.hidden", [4, 2])]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {}\nextra: 1\n")
+    with pytest.raises(ConfigError, match="extra"):
+        load_benchmark_file(bad)
+    with pytest.raises(ConfigError, match="valid choices"):
+        build_plan(*parse_args(["--dataset", "synthetic", "--methods", "baseline,nope"]))
+    with pytest.raises(ConfigError, match="seeds"):
+        build_plan(*parse_args(["--dataset", "synthetic", "--seeds", "a,b"]))
+
+
+def test_aggregate_mean_std_and_markdown_layout():
+    from training.benchmark_report import aggregate, format_markdown
+
+    def cell(method, seed, acc, status="done"):
+        return {"cell": {"method": method, "variant": "sym-0.30", "seed": seed}, "status": status,
+                "metrics": {"test_accuracy": acc, "test_mean_class_accuracy": acc, "recovered": 0.5}}
+
+    records = [cell("a", 0, 0.5), cell("a", 1, 0.7), cell("b", 0, 0.4), cell("b", 1, None, status="failed")]
+    rows = aggregate(records, ["a", "b"], ["sym-0.30", "clean"])
+    by_key = {(r["method"], r["variant"], r["metric"]): r for r in rows}
+    a = by_key[("a", "sym-0.30", "test_accuracy")]
+    assert a["mean"] == pytest.approx(0.6) and a["std"] == pytest.approx(0.1414213, rel=1e-5) and a["n"] == 2
+    b = by_key[("b", "sym-0.30", "test_accuracy")]
+    assert b["n"] == 1 and b["failed"] == 1 and b["std"] == 0.0
+    assert by_key[("a", "clean", "test_accuracy")]["mean"] is None
+    summary = {"dataset": "synthetic", "dataset_version": "v", "methods": ["a", "b"],
+               "variants": ["sym-0.30", "clean"], "seeds": [0, 1], "table": rows, "cells": records,
+               "machine": {"description": "2-core CPU"}, "config_file": None, "overrides": []}
+    text = format_markdown(summary)
+    assert "| Method | sym-0.30 | clean |" in text
+    assert "| a | 60.00 ± 14.14 | - |" in text
+    assert "| b | 40.00 (1 seed) (1 failed) | - |" in text

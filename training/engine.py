@@ -1,0 +1,400 @@
+"""One generic engine for every method: set-up, train_one_epoch, evaluate, checkpoint/resume, fit.
+
+    run = setup(config)            # data, method, optimiser, schedule, loaders, run directory (or resume)
+    fit(config) -> final metrics   # epochs of train_one_epoch + evaluate_run, checkpoints, report
+
+CUDA: bf16 autocast, channels_last, optional torch.compile (each child module of the method, in place),
+DDP under torchrun (gloo on CPU, nccl on CUDA; see training.distributed for per-sample state).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.constants import class_names
+from pipeline.errors import ConfigError, FerError
+
+from . import distributed as ddp
+from .augment import AugmentConfig
+from .checkpoint import LAST, load_checkpoint, save_checkpoint, set_rng_state
+from .config import TrainConfig, build_method_config, save_config, validate_choices
+from .data import PreparedVersion, SplitData
+from .evaluate import classification_metrics, js_divergence, noise_memorisation, predict
+from .loader import SplitDataset, check_needs, make_loader, to_device
+from .methods import DataInfo, Method, StepInfo, method_class
+from .optim import build_optimizer, build_scheduler, lr_factor  # noqa: F401 (re-exported)
+from .report import MetricsLogger, write_report
+from .samplers import BalancedSampler, GroupedBatchSampler, ShuffleSampler
+
+log = logging.getLogger(__name__)
+
+ENGINE_VERSION = "1.0"
+
+
+@dataclass
+class TrainState:
+    step: int = 0          # optimiser steps done
+    epoch: int = 0         # current epoch (0-based)
+    position: int = 0      # batches of `epoch` already consumed
+    history: list = field(default_factory=list)  # evaluation records
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    dist: ddp.DistInfo
+    device: torch.device
+    run_dir: Path
+    version: PreparedVersion
+    train: SplitData
+    test: SplitData
+    method: Method
+    step_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: object
+    train_loader: torch.utils.data.DataLoader
+    eval_loaders: dict
+    logger: MetricsLogger
+    state: TrainState
+    total_steps: int
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.config.runtime.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda" and self.config.runtime.channels_last
+
+
+class _TrainStep(nn.Module):
+    """Makes training_step the forward, so DDP and torch.compile see it."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: dict, info: StepInfo) -> dict:
+        return self.method.training_step(batch, info)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --set runtime.device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def configure_runtime(config: TrainConfig, device: torch.device) -> None:
+    rt = config.runtime
+    if rt.threads > 0:
+        torch.set_num_threads(rt.threads)
+    if rt.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def build_sampler(config: TrainConfig, method: Method, version: PreparedVersion, train: SplitData,
+                  dist: ddp.DistInfo, graphs: dict):
+    d, seed = config.data, config.runtime.seed
+    common = {"seed": seed, "rank": dist.rank, "world_size": dist.world_size}
+    if "groups" in method.needs or d.sampler == "groups":
+        missing = [g for g, k in ((d.au_graph, d.au_neighbors), (d.landmark_graph, d.landmark_neighbors))
+                   if k > 0 and g not in graphs]
+        if missing:
+            raise ConfigError(f"grouped batches need graphs {missing}; {version.dataset} version {version.version} "
+                              f"has {sorted(graphs) or 'none'}")
+        return GroupedBatchSampler(len(train), graphs.get(d.au_graph), graphs.get(d.landmark_graph),
+                                   d.au_neighbors, d.landmark_neighbors, d.groups_per_batch, **common)
+    if d.sampler == "balanced":
+        return BalancedSampler(train.label, version.num_classes, config.batch_size, config.epochs, **common)
+    return ShuffleSampler(len(train), config.batch_size, **common)
+
+
+def _augment(config: TrainConfig, train: bool) -> AugmentConfig:
+    d = config.data
+    return AugmentConfig(d.image_size, train, d.random_crop, d.flip, d.color_jitter, d.erasing_p,
+                         tuple(d.erasing_scale), tuple(d.erasing_ratio))
+
+
+def _loader(config: TrainConfig, dataset: SplitDataset, sampler, device: torch.device):
+    d = config.data
+    return make_loader(dataset, sampler, d.num_workers, d.pin_memory and device.type == "cuda",
+                       d.persistent_workers, d.prefetch_factor, config.runtime.seed)
+
+
+def _eval_loader(config: TrainConfig, version: PreparedVersion, split: SplitData, device: torch.device):
+    sampler = ShuffleSampler(len(split), config.data.eval_batch_size, shuffle=False, drop_last=False)
+    dataset = SplitDataset(version, split, _augment(config, False), (), config.runtime.seed, config.data.resize)
+    return _loader(config, dataset, sampler, device)
+
+
+def make_run_dir(config: TrainConfig, dist: ddp.DistInfo) -> Path:
+    root = Path(config.runtime.runs_root or os.environ.get("FER_RUNS") or
+                Path(__file__).resolve().parent.parent / "runs")
+    run_id = config.runtime.run_id or f"{config.dataset}-{config.method}-{config.noise}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if dist.is_main and not config.runtime.resume:
+        base, k = run_id, 1
+        while (root / run_id).exists() and not config.runtime.run_id:
+            run_id, k = f"{base}-{k}", k + 1
+    run_id = ddp.broadcast_object(run_id)
+    return root / run_id
+
+
+def data_info(config: TrainConfig, version: PreparedVersion, train: SplitData) -> tuple[DataInfo, dict]:
+    graphs = {space: version.train_graph(space, train) for space in version.graph_spaces()}
+    info = DataInfo(
+        num_classes=version.num_classes, num_train=len(train),
+        class_counts=tuple(int(c) for c in train.class_counts(version.num_classes)),
+        num_landmarks=version.num_landmarks, train_labels=torch.from_numpy(train.label.copy()),
+        graphs={s: (torch.from_numpy(n), torch.from_numpy(w)) for s, (n, w) in graphs.items()},
+        has_va=version.va is not None, has_votes=version.votes is not None, image_size=config.data.image_size)
+    return info, graphs
+
+
+def setup(config: TrainConfig) -> Run:
+    """Build everything a run needs; resumes from config.runtime.resume when set."""
+    validate_choices(config)
+    method_cls = method_class(config.method)
+    device = select_device(config.runtime.device)
+    dist = ddp.init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    configure_runtime(config, device)
+    version = PreparedVersion.open(config.dataset, config.version, config.artifacts_root, config.manifests_root)
+    train, test = version.split_data("train", config.noise), version.eval_split(config.noise)
+    info, graphs = data_info(config, version, train)
+    seed_everything(config.runtime.seed)  # same initial weights on every rank
+    method = method_cls(build_method_config(config), info).to(device)
+    check_needs(method.needs, version, config.method)  # the instance's needs: its config may narrow them
+    if device.type == "cuda" and config.runtime.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    seed_everything(config.runtime.seed + dist.rank)
+    step_module: nn.Module = _TrainStep(method)
+    if dist.enabled:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, broadcast_buffers=False, find_unused_parameters=config.runtime.ddp_find_unused)
+    if config.runtime.compile:
+        for child in method.children():
+            child.compile()
+    sampler = build_sampler(config, method, version, train, dist, graphs)
+    dataset = SplitDataset(version, train, _augment(config, True), method.needs, config.runtime.seed,
+                           config.data.resize)
+    total = len(sampler) * config.epochs
+    optimizer = build_optimizer(method, config, device)
+    run_dir = make_run_dir(config, dist)
+    config = config_replace(config, runtime={"run_id": run_dir.name, "runs_root": str(run_dir.parent)})
+    eval_loaders = {"test": _eval_loader(config, version, test, device)} if dist.is_main else {}
+    if train.flipped.any() and dist.is_main:  # rank 0 evaluates; the others wait at a barrier
+        flipped = SplitData("train-flipped", config.noise, train.sample_id[train.flipped],
+                            train.label[train.flipped], train.clean_label[train.flipped])
+        eval_loaders["flipped"] = _eval_loader(config, version, flipped, device)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    run = Run(config, dist, device, run_dir, version, train, test, method, step_module, optimizer,
+              build_scheduler(optimizer, config, len(sampler), total), sampler,
+              _loader(config, dataset, sampler, device), eval_loaders,
+              MetricsLogger(run_dir if dist.is_main else None, config.runtime.tensorboard), TrainState(), total)
+    if config.runtime.resume:
+        resume(run, config.runtime.resume)
+    return run
+
+
+def resume(run: Run, path: str) -> None:
+    ckpt = load_checkpoint(path)
+    if ckpt["dataset_version"] != run.version.version:
+        raise ConfigError(f"checkpoint {path} was trained on {run.config.dataset} version {ckpt['dataset_version']}, "
+                          f"this run opened {run.version.version}; pass --set version={ckpt['dataset_version']}")
+    run.method.load_state_dict(ckpt["method"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.sampler.load_state_dict(ckpt["sampler"])
+    run.state = TrainState(ckpt["step"], ckpt["epoch"], ckpt["position"], list(ckpt["history"]))
+    set_rng_state(ckpt["rng"])
+    if run.dist.rank > 0:  # rank 0's RNG was saved; keep the others distinct
+        torch.manual_seed(run.config.runtime.seed + 1000 * run.dist.rank + run.state.step)
+    log.info("resumed from %s at epoch %d, batch %d, step %d", path, run.state.epoch, run.state.position,
+             run.state.step)
+
+
+def save(run: Run, name: str = LAST) -> None:
+    if not run.dist.is_main:
+        return
+    s = run.state
+    save_checkpoint(run.run_dir / "checkpoints" / name, method=run.method, optimizer=run.optimizer,
+                    scheduler=run.scheduler, sampler_state=run.sampler.state_dict(s.position), step=s.step,
+                    epoch=s.epoch, position=s.position, history=s.history, config=run.config.to_dict(),
+                    dataset_version=run.version.version)
+
+
+def _log_window(run: Run, losses: list[dict], correct: list, images: int, seconds: float, bar) -> None:
+    record = {"kind": "train", "step": run.state.step, "epoch": run.state.epoch}
+    for key in losses[0]:
+        record[key] = float(torch.stack([part[key] for part in losses]).float().mean())
+    if not math.isfinite(record["loss"]):
+        raise FerError(f"the training loss became {record['loss']} at step {run.state.step}; lower optim.lr, "
+                       f"set optim.grad_clip, or disable bf16 (--set runtime.bf16=false)")
+    if correct:
+        record["train_acc"] = float(torch.stack(correct).float().mean())
+    record["lr"] = run.optimizer.param_groups[0]["lr"]
+    record["images_per_s"] = images * run.dist.world_size / max(seconds, 1e-9)
+    run.logger.log(record)
+    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+
+
+def train_step(run: Run, batch: dict, info: StepInfo) -> dict:
+    """One optimiser step on a device batch: forward (autocast), backward, clip, step, schedule, hooks."""
+    with run.autocast():
+        out = run.step_module(batch, info)
+    run.optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if run.config.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.method.parameters(), run.config.optim.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.method.after_optimizer_step(info)
+    return out
+
+
+def train_one_epoch(run: Run) -> bool:
+    """Train the rest of run.state.epoch; True when max_steps stopped it early."""
+    cfg, state = run.config, run.state
+    run.sampler.set_epoch(state.epoch, state.position)
+    run.method.train()
+    bar = tqdm(run.train_loader, total=run.sampler.remaining(), desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.runtime.progress and run.dist.is_main), dynamic_ncols=True, leave=False)
+    losses, correct, images, tic = [], [], 0, time.perf_counter()
+    for raw in bar:
+        batch = to_device(raw, run.device, run.channels_last)
+        out = train_step(run, batch, StepInfo(state.epoch, state.step, run.total_steps, cfg.epochs))
+        state.step, state.position = state.step + 1, state.position + 1
+        losses.append({k: v.detach() for k, v in out.items() if k != "logits" and torch.is_tensor(v) and v.dim() == 0})
+        if "logits" in out and out["logits"].shape[0] == batch["label"].shape[0]:
+            correct.append((out["logits"].detach().argmax(1) == batch["label"]).float().mean())
+        images += batch["label"].shape[0]
+        if state.step % cfg.runtime.log_every == 0:
+            _log_window(run, losses, correct, images, time.perf_counter() - tic, bar)
+            losses, correct, images, tic = [], [], 0, time.perf_counter()
+        if cfg.runtime.ckpt_every_steps and state.step % cfg.runtime.ckpt_every_steps == 0:
+            save(run)
+        if cfg.runtime.max_steps and state.step >= cfg.runtime.max_steps:
+            return True
+    if losses:
+        _log_window(run, losses, correct, images, time.perf_counter() - tic, bar)
+    return False
+
+
+def evaluate_run(run: Run, diagnostics: dict | None = None) -> dict:
+    """Test accuracy / mean class accuracy / confusion; recovered and memorised flipped training samples.
+
+    `diagnostics` are the method's on_epoch_end numbers when the caller already ran it for this epoch;
+    otherwise (an evaluation mid-epoch, e.g. after runtime.max_steps) the hook runs here.
+    """
+    if diagnostics is None:
+        diagnostics = run.method.on_epoch_end(run.state.epoch, run.run_dir) or {}
+    record = {"kind": "eval", "step": run.state.step, "epoch": run.state.epoch, **diagnostics}
+    if run.dist.is_main:
+        kw = {"channels_last": run.channels_last, "autocast": run.autocast}
+        test = predict(run.method, run.eval_loaders["test"], run.device, **kw)
+        metrics = classification_metrics(test["label"], test["logits"].argmax(1), run.version.num_classes)
+        record.update({f"test_{k}" if k in ("accuracy", "mean_class_accuracy") else k: v for k, v in metrics.items()})
+        if "flipped" in run.eval_loaders:
+            flipped = predict(run.method, run.eval_loaders["flipped"], run.device, **kw)
+            record.update(noise_memorisation(flipped["logits"].argmax(1), flipped["label"], flipped["clean_label"]))
+        targets = run.method.target_distributions()
+        if targets is not None:
+            t = targets.detach().float().cpu().numpy()
+            if run.train.flipped.any():
+                record["target_recovered"] = float((t[run.train.flipped].argmax(1) ==
+                                                    run.train.clean_label[run.train.flipped]).mean())
+            if run.version.votes is not None:
+                record["votes_js"] = float(js_divergence(t, run.version.votes[run.train.sample_id]).mean())
+        run.logger.log({k: v for k, v in record.items() if k not in ("confusion", "per_class_accuracy")})
+    ddp.barrier()
+    return record
+
+
+def fit(config: TrainConfig) -> dict:
+    """Train `config` to the end (or to runtime.max_steps); returns the last evaluation record."""
+    run = setup(config)
+    try:
+        return _fit(run)
+    finally:
+        run.logger.close()
+        ddp.shutdown()
+
+
+def _fit(run: Run) -> dict:
+    cfg, state = run.config, run.state
+    final: dict = {}
+    evaluated_at = -1
+    while state.epoch < cfg.epochs:
+        stopped = train_one_epoch(run)
+        if stopped:
+            break
+        state.epoch, state.position = state.epoch + 1, 0
+        diagnostics = run.method.on_epoch_end(state.epoch, run.run_dir) or {}   # every epoch, every rank
+        if state.epoch % cfg.runtime.eval_every == 0 or state.epoch == cfg.epochs:
+            final, evaluated_at = evaluate_run(run, diagnostics), state.step
+        elif diagnostics and run.dist.is_main:
+            run.logger.log({"kind": "epoch", "step": state.step, "epoch": state.epoch, **diagnostics})
+            state.history.append({k: v for k, v in final.items() if k not in ("confusion", "per_class_accuracy")})
+        save(run)
+    if evaluated_at != state.step:
+        final = evaluate_run(run)
+        state.history.append({k: v for k, v in final.items() if k not in ("confusion", "per_class_accuracy")})
+    save(run)
+    if run.dist.is_main:
+        _write_outputs(run, final)
+    return final
+
+
+def _write_outputs(run: Run, final: dict) -> None:
+    import json
+
+    cfg = run.config
+    summary = {"run_id": run.run_dir.name, "dataset": cfg.dataset, "dataset_version": run.version.version,
+               "method": cfg.method, "noise": cfg.noise, "steps": run.state.step, "epochs_done": run.state.epoch,
+               "engine_version": ENGINE_VERSION, "final": final}
+    (run.run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if cfg.runtime.report:
+        header = {k: summary[k] for k in ("dataset", "dataset_version", "method", "noise", "steps")}
+        write_report(run.run_dir, final, class_names(run.version.num_classes), header)
+    log.info("run %s done: test accuracy %.4f", run.run_dir, final.get("test_accuracy", float("nan")))
+
+
+def config_replace(config: TrainConfig, **sections) -> TrainConfig:
+    """dataclasses.replace for nested sections: config_replace(cfg, runtime={'max_steps': 3})."""
+    changes = {}
+    for key, value in sections.items():
+        current = getattr(config, key)
+        changes[key] = dataclasses.replace(current, **value) if dataclasses.is_dataclass(current) else value
+    return dataclasses.replace(config, **changes)

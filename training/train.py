@@ -1,0 +1,113 @@
+"""Command line: train one method on one prepared dataset version and noise variant.
+
+    python -m training.train --dataset synthetic --method baseline --noise sym-0.30 \\
+        [--config FILE] [--epochs 2 --batch-size 32 --lr 1e-3 ...] [--set optim.name=sgd ...] [--resume RUN_DIR]
+
+Configuration layers: built-in defaults <- training/configs/<method>.yaml <- --config FILE <- the flags.
+Any config key can be given as `--key value` (dotted path like --optim.lr, or a unique leaf name like
+--lr; dashes or underscores) or as `--set key=value`. Under torchrun the same command trains with DDP:
+
+    torchrun --nproc_per_node 2 -m training.train --dataset synthetic --method baseline --noise clean
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+from pipeline.errors import ConfigError, FerError
+
+EXAMPLES = """
+examples:
+  python -m training.train --dataset synthetic --method baseline --noise sym-0.30 --epochs 2 --batch-size 32
+  python -m training.train --dataset synthetic --method ldl_alsg --noise clean --config training/configs/tiny.yaml
+  python -m training.train --dataset rafdb --method lanet --noise clean --set model.weights=/path/msceleb.pth
+  python -m training.train --dataset synthetic --method baseline --noise clean --resume runs/<run-id>
+
+common keys: epochs batch_size version optim.{name,lr,weight_decay,momentum,grad_clip}
+  schedule.{name,warmup_epochs,min_lr_ratio} data.{image_size,resize,sampler,num_workers,flip,color_jitter,
+  erasing_p,groups_per_batch,au_neighbors,landmark_neighbors} model.{backbone,weights}
+  runtime.{device,bf16,channels_last,compile,deterministic,seed,max_steps,runs_root,run_id,eval_every,log_every}
+  method_config.<any field of the method's config> (see training/configs/<method>.yaml)
+outputs: runs/<run-id>/ config.yaml metrics.jsonl tensorboard/ checkpoints/last.pt results.json report.md
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    """Named flags, plus every other `--key value` / `--key=value` / `--set key=value` as overrides."""
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="prepared dataset name (make prepare DATASET=...)")
+    parser.add_argument("--method", required=True, help="baseline | ldl_alsg | lanet | soft | ldlva")
+    parser.add_argument("--noise", default="clean", help="label variant: clean, sym-0.30, asym-0.30-s1, ...")
+    parser.add_argument("--config", default=None, help="YAML file layered over the method's defaults")
+    parser.add_argument("--resume", default=None, help="checkpoint file or run directory to continue")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides.append((key, value))
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}; config keys are given as --key value")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            key, value = token[2:], rest[i + 1]
+            i += 2
+        else:
+            key, value = token[2:], "true"  # a bare flag switches a boolean on
+            i += 1
+        overrides.append((key, value))
+    return args, overrides
+
+
+def build_config(args: argparse.Namespace, overrides: list[tuple[str, str]]):
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .config import resolve_config
+
+    if not args.resume:
+        return resolve_config(args.method, args.dataset, args.noise, args.config, overrides)
+    path = resolve_checkpoint(args.resume)
+    saved = load_checkpoint(path)["config"]
+    for key in ("dataset", "method", "noise"):
+        if getattr(args, key) != saved[key]:
+            raise ConfigError(f"--{key} {getattr(args, key)!r} differs from the checkpoint's {saved[key]!r} "
+                              f"({path}); resume with the same dataset, method and noise")
+    return resolve_config(args.method, args.dataset, args.noise, args.config,
+                          list(overrides) + [("runtime.resume", str(path))], base=saved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args, overrides = parse_args(argv)
+        config = build_config(args, overrides)
+        if args.print_config:
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            return 0
+        from .engine import fit
+
+        final = fit(config)
+    except FerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if final:
+        print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
+              f"mean class accuracy {final.get('test_mean_class_accuracy', float('nan')):.4f}"
+              + (f", flipped recovered {final['recovered']:.3f} / memorised {final['memorised']:.3f}"
+                 if final.get("n_flipped") else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
