@@ -81,14 +81,18 @@ def _encode_metadata(metadata: Mapping[str, object] | None) -> dict[bytes, bytes
     return encoded
 
 
-def write_table(path: str | Path, table: pa.Table, metadata: Mapping[str, object] | None = None) -> Path:
-    """Write `table` to Parquet atomically, with JSON-encoded `metadata` in the file's key-value store."""
+def write_table(path: str | Path, table: pa.Table, metadata: Mapping[str, object] | None = None,
+                compression: str = "zstd") -> Path:
+    """Write `table` to Parquet atomically, with JSON-encoded `metadata` in the file's key-value store.
+
+    `compression` 'none' suits tables of random-looking numbers read often (graphs): faster to load.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = table.schema.metadata or {}
     table = table.replace_schema_metadata({**existing, **_encode_metadata(metadata)})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression=compression)
     os.replace(tmp, path)
     return path
 
@@ -223,6 +227,29 @@ def read_graph(path: str | Path) -> GraphArrays:
         similarity=vectors_to_numpy(table.column("similarity")),
         metadata=read_metadata(path),
     )
+
+
+def read_graph_tensors(path: str | Path):
+    """Load only neighbours and similarities of graphs/<space>.parquet as torch tensors, fast.
+
+    Returns (sample_id [N] int64, neighbors [N, K] int64, similarity [N, K] float32); neighbours
+    are sample ids. torch is imported here so this module stays importable without it.
+    """
+    import torch
+
+    wanted = ["sample_id", "neighbors", "similarity"]
+    if not Path(path).is_file():
+        raise ArtifactError(f"artefact not found: {path}")
+    missing = [c for c in wanted if c not in pq.read_schema(path).names]
+    if missing:
+        raise ArtifactError(f"graph {path} lacks columns {missing}")
+    table = read_table(path, columns=wanted)
+    neighbors = vectors_to_numpy(table.column("neighbors"))                # [N, K] int32
+    similarity = vectors_to_numpy(table.column("similarity"))              # [N, K] float32
+    sample_id = table.column("sample_id").to_numpy()                       # [N] int64
+    return (torch.from_numpy(np.array(sample_id, copy=True)),
+            torch.from_numpy(neighbors.astype(np.int64)),
+            torch.from_numpy(np.array(similarity, copy=True)))
 
 
 LABELS_SCHEMA = pa.schema([

@@ -1,0 +1,281 @@
+"""Neighbour graphs per feature space -> graphs/<space>.parquet index-similarity lists.
+
+A space names a feature table: action units (35-d intensities + presences, or the 17 intensities),
+landmarks (2P-d raw crop pixels, as in LDL-ALSG, or Procrustes-normalised shapes), valence-arousal
+(2-d, for LDLVA), or any features table a user supplies. Each row's K nearest neighbours
+(pipeline.knn) get the local similarity a_ij = exp(-d_ij^2 / (2 sigma^2)) of LDL-ALSG; sigma comes
+from the config per space (paper: 1 for AUs, 68 for landmark pixels) or 'auto' = the median distance
+to the K-th neighbour. Graphs cover the training split by default, so no held-out image is ever a
+training neighbour. The file metadata records how the graph was built, its recall@K against exact
+search on a seeded query sample, and how often neighbours share the clean label.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import artifacts
+from .constants import CANONICAL_CLASSES
+from .errors import ArtifactError, ConfigError, DataError, choices_message
+from .knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = "1.0.0"
+BUILTIN_SPACES: tuple[str, ...] = ("au", "au17", "landmarks", "landmarks_procrustes", "va")
+DEFAULT_SIGMA: dict[str, float | str] = {
+    "au": 1.0, "au17": 1.0, "landmarks": 68.0, "landmarks_procrustes": "auto", "va": "auto",
+}
+SIMILARITY_FORMULA = "exp(-d^2 / (2 sigma^2))"
+_SPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How graphs are built. `sigma` maps a space to a number or 'auto'; others use `default_sigma`."""
+
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    sigma: Mapping[str, float | str] = field(default_factory=lambda: dict(DEFAULT_SIGMA))
+    default_sigma: float | str = "auto"
+    splits: tuple[str, ...] = ("train",)
+    recall_queries: int = 2000
+    recall_seed: int = 0
+
+    def sigma_for(self, space: str) -> float | str:
+        value = self.sigma.get(space, self.default_sigma)
+        if value != "auto" and not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"sigma for space {space!r} must be a positive number or 'auto', got {value!r}")
+        return value
+
+
+# --- features of a space ------------------------------------------------------------------------
+
+TableSource = str | Path | Mapping[str, pa.Table]
+
+
+def space_features(space: str, source: TableSource | None,
+                   splits: Sequence[str] | None = ("train",),
+                   user_table: str | Path | pa.Table | None = None,
+                   user_columns: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of one space -> (sample_ids [N] int64 sorted, features [N, D] float32).
+
+    `source` is a version folder (reads samples/landmarks/action_units.parquet) or a mapping
+    {'samples': ..., 'landmarks': ..., 'action_units': ...} of tables. Only samples in `splits`
+    (None: all) are kept; rows whose feature vector is null (no landmarks found, ...) are left out
+    and counted in the log. NaN/inf inside a present vector is kept, so graph building names it.
+    A space outside BUILTIN_SPACES needs `user_table` (a Parquet path or table with sample_id).
+    """
+    check_space_name(space)
+    if space in ("au", "au17"):
+        table = _source_table(source, "action_units")
+        columns = ["intensity", "presence"] if space == "au" else ["intensity"]
+    elif space in ("landmarks", "landmarks_procrustes"):
+        table, columns = _source_table(source, "landmarks"), ["points"]
+    elif space == "va":
+        table, columns = _source_table(source, "samples"), ["valence", "arousal"]
+    elif user_table is not None:
+        table = user_table if isinstance(user_table, pa.Table) else artifacts.read_table(user_table)
+        columns = list(user_columns or [c for c in table.column_names
+                                        if c not in ("sample_id", "split", "label")])
+    else:
+        raise ConfigError(choices_message("graph space", space, BUILTIN_SPACES)
+                          + " (or give a user features table for a new space)")
+    ids, features = _feature_matrix(table, columns, space)
+    if splits is not None and source is not None:
+        samples = _source_table(source, "samples")
+        keep_ids = samples.column("sample_id").to_numpy()[
+            np.isin(samples.column("split").to_numpy(zero_copy_only=False), list(splits))]
+        keep = np.isin(ids, keep_ids)
+        ids, features = ids[keep], features[keep]
+    if space == "landmarks_procrustes":
+        features = procrustes_normalise(features)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], np.ascontiguousarray(features[order])
+
+
+def check_space_name(space: str) -> None:
+    """A space name becomes a file name: lower-case letters, digits, '_' and '-'."""
+    if not _SPACE_NAME.match(space):
+        raise ConfigError(f"graph space name {space!r} must match {_SPACE_NAME.pattern} (it names a file)")
+
+
+def _source_table(source: TableSource | None, name: str) -> pa.Table:
+    if source is None:
+        raise ConfigError(f"space needs the {name} table but no version folder or tables were given")
+    if isinstance(source, Mapping):
+        if name not in source:
+            raise ArtifactError(f"tables given for graph building lack {name!r}; have {sorted(source)}")
+        return source[name]
+    return artifacts.read_table(Path(source) / f"{name}.parquet")
+
+
+def _feature_matrix(table: pa.Table, columns: list[str], space: str) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate vector/numeric columns -> (ids [N], features [N, D]); rows with a null are dropped."""
+    artifacts.check_columns(table, ["sample_id", *columns], f"features table of space {space!r}")
+    if not columns:
+        raise ConfigError(f"space {space!r}: the features table has no feature columns")
+    parts, valid = [], np.ones(table.num_rows, dtype=bool)
+    for name in columns:
+        column = table.column(name)
+        valid &= column.is_valid().to_numpy(zero_copy_only=False)
+        if pa.types.is_fixed_size_list(column.type):
+            parts.append(artifacts.vectors_to_numpy(column).astype(np.float32))          # [N, d]
+        elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            parts.append(column.to_numpy(zero_copy_only=False).astype(np.float32)[:, None])
+        else:
+            raise ConfigError(f"space {space!r}: column {name!r} of type {column.type} is not a number "
+                              f"or fixed-size vector")
+    if not valid.all():
+        log.warning("space %s: %d rows without features are left out of the graph", space,
+                    int((~valid).sum()))
+    ids = table.column("sample_id").to_numpy().astype(np.int64)
+    return ids[valid], np.concatenate(parts, axis=1)[valid]                               # [N, D]
+
+
+def procrustes_normalise(points: np.ndarray, iters: int = 3) -> np.ndarray:
+    """[N, 2P] (x, y interleaved) -> shapes centred, scaled to unit norm and rotated onto the mean shape.
+
+    Generalised Procrustes analysis: each shape is aligned to the current mean by the rotation
+    (never a reflection) that minimises the squared error, then the mean is re-estimated; `iters` rounds.
+    """
+    n, two_p = points.shape
+    shapes = points.reshape(n, two_p // 2, 2).astype(np.float64)                 # [N, P, 2]
+    shapes = shapes - shapes.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(shapes, axis=(1, 2), keepdims=True)                   # [N, 1, 1]
+    shapes = shapes / np.where(norms > 0, norms, 1.0)
+    reference = shapes.mean(axis=0)                                              # [P, 2]
+    for _ in range(iters):
+        reference = reference / max(np.linalg.norm(reference), 1e-12)
+        cross = np.einsum("npi,pj->nij", shapes, reference)                      # [N, 2, 2]
+        u, _, vt = np.linalg.svd(cross)
+        flip = np.linalg.det(u @ vt) < 0                                         # [N]
+        u[flip, :, 1] *= -1.0
+        shapes = shapes @ (u @ vt)                                               # [N, P, 2]
+        reference = shapes.mean(axis=0)
+    return shapes.reshape(n, two_p).astype(np.float32)
+
+
+# --- graph building -----------------------------------------------------------------------------
+
+def similarity_from_distances(distances: np.ndarray, sigma: float | str) -> tuple[np.ndarray, float]:
+    """a_ij = exp(-d^2 / (2 sigma^2)) -> ([N, K] float32, sigma used); 'auto' = median K-th distance."""
+    if sigma == "auto":
+        kth = distances[:, -1].astype(np.float64)                                # [N]
+        sigma = float(np.median(kth))
+        if sigma <= 0:
+            positive = kth[kth > 0]
+            sigma = float(np.median(positive)) if len(positive) else 1.0
+            log.warning("median K-th neighbour distance is 0 (duplicates); sigma set to %g", sigma)
+    d = distances.astype(np.float64)
+    return np.exp(-d * d / (2.0 * float(sigma) ** 2)).astype(np.float32), float(sigma)
+
+
+def label_agreement(indices: np.ndarray, labels: np.ndarray) -> dict:
+    """Share of neighbours with the same (clean, canonical) label, overall and per class.
+
+    `indices` [N, K] are row positions into `labels` [N]; rows with a negative label are skipped.
+    `chance` is the agreement random neighbours would give (sum of squared class shares).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    valid = labels >= 0
+    same = labels[indices] == labels[:, None]                                    # [N, K]
+    if not valid.any():
+        return {"overall": None, "per_class": {}, "chance": None}
+    classes, counts = np.unique(labels[valid], return_counts=True)
+    per_class = {_class_name(c): float(same[labels == c].mean()) for c in classes}
+    shares = counts / counts.sum()
+    return {"overall": float(same[valid].mean()), "per_class": per_class,
+            "chance": float((shares ** 2).sum())}
+
+
+def _class_name(index: int) -> str:
+    return CANONICAL_CLASSES[index] if 0 <= index < len(CANONICAL_CLASSES) else str(int(index))
+
+
+def build_space_graph(features: np.ndarray, sample_ids: np.ndarray, labels: np.ndarray | None,
+                      config: GraphConfig, space: str) -> tuple[pa.Table, dict]:
+    """Build one space's graph -> (table in artifacts.graph_schema(K), metadata for the file).
+
+    `features` [N, D] and `labels` [N] (clean labels, or None) follow `sample_ids` [N]; the table's
+    neighbours are sample ids. Recall@K is measured against exact search on a seeded sample.
+    """
+    check_space_name(space)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    if len(sample_ids) != len(features) or (labels is not None and len(labels) != len(features)):
+        raise DataError(f"space {space!r}: {len(features)} feature rows, {len(sample_ids)} sample ids and "
+                        f"{'no' if labels is None else len(labels)} labels must all match")
+    if len(sample_ids) and sample_ids.max() >= 2 ** 31:
+        raise DataError(f"sample ids up to {sample_ids.max()} do not fit the int32 neighbours column")
+    check_config(config.knn, len(features))
+    sigma_setting = config.sigma_for(space)
+    graph = build_knn_graph(features, config.knn, sample_ids)
+    recall = recall_at_k(features, graph.indices, config.knn.metric, config.recall_queries,
+                         config.recall_seed)
+    similarity, sigma = similarity_from_distances(graph.distances, sigma_setting)
+    table = artifacts.graph_table(sample_ids, sample_ids[graph.indices], graph.distances, similarity)
+    metadata = {
+        "space": space, "K": config.knn.k, "metric": config.knn.metric, "sigma": sigma,
+        "sigma_mode": "auto" if sigma_setting == "auto" else "config", "similarity": SIMILARITY_FORMULA,
+        "backend": graph.backend, "backend_params": {**backend_params(config.knn), **graph.params},
+        "build_seconds": round(graph.seconds, 3), "recall_at_k": recall,
+        "recall_queries": min(config.recall_queries, len(features)), "recall_seed": config.recall_seed,
+        "n_rows": len(features), "feature_dim": int(np.shape(features)[1]),
+        "splits": list(config.splits) if config.splits is not None else None,
+        "label_agreement": None if labels is None else label_agreement(graph.indices, labels),
+        "stage_version": STAGE_VERSION,
+    }
+    log.info("graph %s: N=%d K=%d sigma=%.4g recall@%d=%.4f build %.1f s, label agreement %s", space,
+             len(features), config.knn.k, sigma, config.knn.k, recall, graph.seconds,
+             metadata["label_agreement"] and round(metadata["label_agreement"]["overall"] or 0.0, 4))
+    return table, metadata
+
+
+def write_graph(path: str | Path, table: pa.Table, metadata: Mapping[str, object]) -> Path:
+    """Write a graph atomically, uncompressed (neighbour ids barely compress; loading stays fast)."""
+    return artifacts.write_table(path, table, metadata, compression="none")
+
+
+def graph_path(version_dir: str | Path, space: str) -> Path:
+    check_space_name(space)
+    return Path(version_dir) / artifacts.GRAPHS_DIR / f"{space}.parquet"
+
+
+def load_graph_tensors(path: str | Path):
+    """graphs/<space>.parquet -> (neighbors [N, K] int64, similarity [N, K] float32) torch tensors.
+
+    Neighbours are sample ids; row i belongs to the i-th sample id of the file (sorted ascending).
+    """
+    _, neighbors, similarity = artifacts.read_graph_tensors(path)
+    return neighbors, similarity
+
+
+def build_and_write_space(version_dir: str | Path, space: str, config: GraphConfig = GraphConfig(),
+                          user_table: str | Path | pa.Table | None = None,
+                          user_columns: Sequence[str] | None = None) -> tuple[Path, dict]:
+    """Read a space's features from a version folder, build its graph, write graphs/<space>.parquet."""
+    ids, features = space_features(space, version_dir, config.splits, user_table, user_columns)
+    samples = artifacts.read_table(Path(version_dir) / artifacts.SAMPLES, columns=["sample_id", "label"])
+    labels = _labels_for(samples, ids)
+    table, metadata = build_space_graph(features, ids, labels, config, space)
+    return write_graph(graph_path(version_dir, space), table, metadata), metadata
+
+
+def _labels_for(samples: pa.Table, ids: np.ndarray) -> np.ndarray:
+    """Clean labels of `ids` from samples (null, unknown or absent -> -1)."""
+    all_ids = samples.column("sample_id").to_numpy().astype(np.int64)
+    all_labels = samples.column("label").fill_null(-1).to_numpy().astype(np.int64)
+    size = int(max(all_ids.max(initial=-1), ids.max(initial=-1))) + 1
+    lookup = np.full(size, -1, dtype=np.int64)                                   # dense sample ids
+    lookup[all_ids] = all_labels
+    return lookup[ids]
+
+
+def with_knn(config: GraphConfig, **knn_changes) -> GraphConfig:
+    """A copy of `config` with some KnnConfig fields changed (e.g. backend='faiss')."""
+    return replace(config, knn=replace(config.knn, **knn_changes))
