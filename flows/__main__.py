@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     schedule.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
     schedule.add_argument("--interval", type=float, help="schedule every N seconds")
     serve.add_argument("--name", help="deployment name (default: prepare-<dataset>)")
+    serve.add_argument("--watch", help="also run when this label file or folder changes (e.g. the dataset root)")
+    serve.add_argument("--watch-every", type=float, default=30.0, help="seconds between checks of --watch")
     return parser.parse_args(argv)
 
 
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .schedule import serve_prepare
 
-            serve_prepare(config, name=args.name, cron=args.cron, interval=args.interval)
+            serve_prepare(config, name=args.name, cron=args.cron, interval=args.interval, watch=args.watch,
+                          watch_every_s=args.watch_every)
             return 0
         from .prepare import run_prepare
 

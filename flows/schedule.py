@@ -9,12 +9,20 @@ The served process runs one flow run at a time (`limit=1`): two runs of the same
 compete for the CPU and the same parts. Runs that come due meanwhile wait as Late and then run, each
 ending at once when the version is complete. Task results persist under `<artifacts>/_prefect-results`
 (as with `make prepare`), and shard tasks run on `config.max_workers` threads.
+
+Watch (`--watch PATH`): besides the schedule, a thread polls a stat signature of PATH (a label file such
+as AffectNet's `Manually_Annotated_file_lists/`, RAF-DB's `EmoLabel/list_patition_label.txt`, or a
+folder dataset's root: the name, size and mtime of a file, or of a folder's direct entries, whose own
+mtimes change when files are added to or removed from them) and starts a run of the deployment when
+the signature changed and then held still for one poll (so a copy in progress is not prepared half-way).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import threading
+from pathlib import Path
 
 from pipeline.errors import ConfigError
 from pipeline.prepare import PrepareConfig
@@ -22,6 +30,61 @@ from pipeline.prepare import PrepareConfig
 log = logging.getLogger(__name__)
 
 RUNS_AT_ONCE = 1     # flow runs one served process executes concurrently
+WATCH_TAG = "watch"  # tag of the runs a watched change started
+
+
+def path_signature(path: str | Path) -> tuple:
+    """(name, size, mtime_ns) of a file, or of each direct entry of a folder (sorted); () when missing."""
+    path = Path(path)
+    try:
+        if not path.is_dir():
+            stat = path.stat()
+            return ((path.name, stat.st_size, stat.st_mtime_ns),)
+        entries = []
+        for entry in os.scandir(path):
+            try:
+                stat = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:      # removed (or a dangling link) while listing: the folder's mtime says so
+                continue
+            entries.append((entry.name, stat.st_size, stat.st_mtime_ns))
+        return (("", 0, path.stat().st_mtime_ns), *sorted(entries))
+    except FileNotFoundError:
+        return ()
+
+
+class ManifestWatch(threading.Thread):
+    """Start a run of deployment `flow/deployment` when `path`'s signature changes and then holds still."""
+
+    def __init__(self, path: str | Path, deployment: str, every_s: float = 30.0):
+        super().__init__(name=f"watch {path}", daemon=True)
+        self.path, self.deployment, self.every_s = Path(path), deployment, every_s
+        self.stopped = threading.Event()
+        self.triggered = 0
+        self._prepared = self._previous = path_signature(self.path)   # the schedule's runs see this state
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> bool:
+        """One check; starts a run (and returns True) when a change has held still since the last check."""
+        current = path_signature(self.path)
+        settled = current == self._previous and current != self._prepared
+        self._previous = current
+        if settled:
+            self._prepared = current
+            self._start_run()
+        return settled
+
+    def _start_run(self) -> None:
+        from prefect.deployments import run_deployment
+
+        try:
+            run = run_deployment(self.deployment, timeout=0, as_subflow=False, tags=[WATCH_TAG])
+            self.triggered += 1
+            log.info("%s changed: started run %s of %s", self.path, run.name, self.deployment)
+        except Exception as exc:    # the server may be restarting: the next change or poll tries again
+            log.warning("%s changed but starting %s failed: %s", self.path, self.deployment, exc)
 
 
 def deployment_name(config: PrepareConfig, name: str | None = None) -> str:
@@ -44,12 +107,20 @@ def _check_schedule(cron: str | None, interval: float | None) -> None:
 
 
 def serve_prepare(config: PrepareConfig, name: str | None = None, cron: str | None = None,
-                  interval: float | None = None) -> None:
-    """Block serving the deployment `prepare/<name>` on the given schedule (Ctrl-C or SIGTERM stops it)."""
+                  interval: float | None = None, watch: str | Path | None = None,
+                  watch_every_s: float = 30.0) -> None:
+    """Block serving the deployment `prepare/<name>` on the given schedule (Ctrl-C or SIGTERM stops it).
+
+    `watch`: also start a run when this file or folder changes (polled every `watch_every_s` seconds).
+    """
     if not os.environ.get("PREFECT_API_URL"):
         raise ConfigError("scheduled runs need a Prefect server: run `make server` in another terminal and set "
                           "PREFECT_API_URL=http://127.0.0.1:4200/api (the Makefile's `serve` target does)")
     _check_schedule(cron, interval)
+    if watch is not None and not Path(watch).exists():
+        raise ConfigError(f"watched path {watch} does not exist; give the dataset's label file or folder")
+    if watch_every_s <= 0:
+        raise ConfigError(f"watch_every_s must be a positive number of seconds, got {watch_every_s!r}")
     from pipeline.prepare import resolve_stage_configs
     from pipeline.versioning import artifacts_root
 
@@ -60,7 +131,9 @@ def serve_prepare(config: PrepareConfig, name: str | None = None, cron: str | No
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")   # inherited by the run processes
     flow = prepare_flow.with_options(task_runner=make_task_runner(config.max_workers))
     deployment = deployment_name(config, name)
-    log.info("serving deployment prepare/%s (cron=%s, interval=%s) against %s", deployment, cron, interval,
-             os.environ["PREFECT_API_URL"])
+    log.info("serving deployment prepare/%s (cron=%s, interval=%s, watch=%s) against %s", deployment, cron,
+             interval, watch, os.environ["PREFECT_API_URL"])
+    if watch is not None:
+        ManifestWatch(watch, f"{flow.name}/{deployment}", watch_every_s).start()
     flow.serve(name=deployment, cron=cron, interval=interval, limit=RUNS_AT_ONCE,
                parameters={"config": dataclasses.asdict(config)})

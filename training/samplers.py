@@ -8,6 +8,8 @@ plan, after trimming to a whole number of global batches, so ranks run the same 
 """
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -42,7 +44,7 @@ def rank_slices(order: np.ndarray, batch: int, rank: int, world: int, drop_last:
     return [mine[i:i + batch] for i in range(0, len(mine), batch)]
 
 
-class EpochBatchSampler:
+class EpochBatchSampler(abc.ABC):
     """Base class: subclasses implement `_plan(epoch) -> list[BatchRequest]` for this rank."""
 
     kind = "base"
@@ -57,8 +59,9 @@ class EpochBatchSampler:
             self._cache = (epoch, self._plan(epoch))
         return self._cache[1]
 
+    @abc.abstractmethod
     def _plan(self, epoch: int) -> list[BatchRequest]:
-        raise NotImplementedError
+        """This rank's batches of `epoch`, in order."""
 
     def _rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, 0x5A3])
