@@ -27,6 +27,7 @@ import numpy as np
 
 from .constants import AU_INTENSITY_NAMES, CANONICAL_CLASSES
 from .errors import ConfigError, DataError
+from .synthetic_render import apply_affine, background, head_polygons, paint_mouth, shade, soft_mask, warp_mesh
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def _reference() -> _Reference:
     triangles = keep[Delaunay(points[keep]).simplices]  # [T, 3]
     log.debug("synthetic reference: eye distance %.1f px, %d triangles", scale, len(triangles))
     lip_colour = _lip_colour(image, marks)
-    pixels = _apply(to_image, points)  # [97, 2]
+    pixels = apply_affine(to_image, points)  # [97, 2]
     for array in (image, points, pixels, neutral, side, triangles, to_image, lip_colour):
         array.flags.writeable = False  # shared by every sample of the process
     return _Reference(image, points, pixels, neutral, side, triangles, to_image, lip_colour)
@@ -326,111 +327,6 @@ def _placement(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.nd
     return np.concatenate([rot, centre[:, None]], 1), rotation  # [2, 3]
 
 
-def _apply(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a [2, 3] affine to [N, 2] points."""
-    return points @ affine[:, :2].T + affine[:, 2]  # [N, 2]
-
-
-def _warp(src_image: np.ndarray, src: np.ndarray, dst: np.ndarray, triangles: np.ndarray,
-          size: int, fallback: np.ndarray) -> np.ndarray:
-    """Piecewise-affine warp: each dst triangle samples its src triangle; one remap for the image."""
-    import cv2
-
-    ones = np.ones((len(triangles), 3, 1))
-    d = np.concatenate([dst[triangles], ones], 2)  # [T, 3, 3]
-    area = np.abs(np.linalg.det(d)) / 2  # [T]
-    live = area > 1e-3  # degenerate (closed-mouth) triangles cover no pixel
-    maps = np.zeros((len(triangles) + 1, 3, 2))  # [T + 1, 3, 2] pixel (x, y, 1) -> source (x, y)
-    maps[:-1][live] = np.linalg.solve(d[live], src[triangles][live])
-    maps[-1] = fallback.T  # pixels outside the mesh follow the global placement
-    index = np.full((size, size), len(triangles), np.int32)  # [H, W]
-    for t in np.flatnonzero(live):
-        cv2.fillConvexPoly(index, np.round(dst[triangles[t]] * 16).astype(np.int32), int(t), cv2.LINE_8, 4)
-    xs, ys = _grid(size)  # [H, W] each
-    m = maps.astype(np.float32)[index]  # [H, W, 3, 2]
-    map_x = xs * m[..., 0, 0] + ys * m[..., 1, 0] + m[..., 2, 0]  # [H, W]
-    map_y = xs * m[..., 0, 1] + ys * m[..., 1, 1] + m[..., 2, 1]  # [H, W]
-    return cv2.remap(src_image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-
-
-@functools.lru_cache(maxsize=4)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates (xs, ys), each [size, size] float32; cached, read-only."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)  # [H, W] each
-    xs.flags.writeable = ys.flags.writeable = False
-    return xs, ys
-
-
-def _soft_mask(size: int, polygons: list[np.ndarray], sigma: float) -> np.ndarray:
-    """Anti-aliased filled polygons (output pixels) blurred by sigma: [H, W] float32 in 0..1."""
-    import cv2
-
-    mask = np.zeros((size, size), np.float32)  # [H, W]
-    for poly in polygons:
-        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
-    return cv2.GaussianBlur(mask, (0, 0), max(sigma, 0.3))
-
-
-def _paint_mouth(image: np.ndarray, marks: np.ndarray, gap: float, scale: float,
-                 lip_colour: np.ndarray) -> np.ndarray:
-    """Non-smiling mouths: lips painted in over the source teeth, a dark cavity when open (gap in
-    face units), else a thin line between the closed lips."""
-    import cv2
-
-    size = image.shape[0]
-    soft = 0.012 * scale
-    lips = _soft_mask(size, [marks[48:60]], soft)[..., None]  # [H, W, 1]
-    upper = _soft_mask(size, [marks[[48, 49, 50, 51, 52, 53, 54, 64, 63, 62, 61, 60]]], soft)[..., None]
-    paint = lip_colour * (1.0 - 0.18 * upper)  # [H, W, 3] upper lip a little darker
-    image = image * (1 - lips) + paint * lips
-    if gap > 0.01:
-        cavity = _soft_mask(size, [marks[60:68]], soft)[..., None]  # [H, W, 1]
-        image = image * (1 - cavity) + np.array([80.0, 34.0, 38.0], np.float32) * cavity
-    else:
-        line = np.zeros((size, size), np.float32)  # [H, W]
-        pts = np.round(marks[[48, 60, 61, 62, 63, 64, 54]] * 16).astype(np.int32)
-        cv2.polylines(line, [pts], False, 1.0, max(1, round(0.012 * scale)), cv2.LINE_AA, 4)
-        image = image * (1 - 0.3 * line[..., None])
-    return image
-
-
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random backdrop: base colour, linear gradient and low-frequency blotches."""
-    import cv2
-
-    base = rng.uniform(40, 220, 3)  # [3]
-    base = 0.5 * base + 0.5 * base.mean()  # muted colours
-    ramp = _ramp(size, rng.uniform(0, 2 * np.pi))[..., None] * rng.uniform(0, 80)  # [H, W, 1]
-    noise = rng.normal(0, 18, (4, 4, 1)) + rng.normal(0, 6, (4, 4, 3))  # [4, 4, 3] mostly grey blotches
-    blotch = cv2.resize(noise.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)  # [H, W, 3]
-    return base.astype(np.float32) + ramp + blotch  # [H, W, 3]
-
-
-def _ramp(size: int, angle: float) -> np.ndarray:
-    """Linear ramp [H, W] float32 along `angle`, -0.7..0.7 across the image."""
-    xs, ys = _grid(size)
-    return ((xs * np.cos(angle) + ys * np.sin(angle)) / size - 0.5 * (np.cos(angle) + np.sin(angle))).astype(
-        np.float32)
-
-
-def _shade(image: np.ndarray, gain: np.ndarray, config: SyntheticConfig,
-           rng: np.random.Generator) -> np.ndarray:
-    """Directional light, exposure and colour on the face layer (float32 0..255)."""
-    light = 1 + rng.uniform(0, config.lighting) * 2 * _ramp(config.size, rng.uniform(0, 2 * np.pi))  # [H, W]
-    colour = gain * rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, 3)  # [3]
-    return image * light[..., None] * colour.astype(np.float32)  # [H, W, 3]
-
-
-def _head_polygons(placement: np.ndarray) -> list[np.ndarray]:
-    """Head-and-hair outline and neck/shoulders of the astronaut, in output pixels: the kept foreground."""
-    right = np.array([(0.6, -1.42), (1.0, -1.15), (1.27, -0.7), (1.33, -0.2), (1.25, 0.25), (1.05, 0.5),
-                      (0.85, 0.8), (0.65, 1.1), (0.5, 1.35)])  # [9, 2] face units
-    head = np.concatenate([[(0.0, -1.5)], right, right[::-1] * (-1, 1)])  # [19, 2]
-    half = np.array([(0.45, 1.0), (1.25, 1.3), (1.6, 1.7), (2.4, 2.6), (3.0, 4.0)])  # [5, 2]
-    body = np.concatenate([half, half[::-1] * (-1, 1)])  # [10, 2]
-    return [_apply(placement, head), _apply(placement, body)]
-
-
 def generate_sample(config: SyntheticConfig, index: int) -> SyntheticSample:
     """Generate sample `index` of `config`; it depends only on (config, index)."""
     import cv2
@@ -444,18 +340,18 @@ def generate_sample(config: SyntheticConfig, index: int) -> SyntheticSample:
     offset, gain = _identity_morph(ref.neutral, config.seed, identity, config.identity_strength)
     face = _untangle(ref.neutral + offset + expr.field)  # [68, 2] face units
     placement, rotation = _placement(config, rng)
-    dst = _apply(placement, np.concatenate([face, ref.points[68:]]))  # [97, 2] output pixels
+    dst = apply_affine(placement, np.concatenate([face, ref.points[68:]]))  # [97, 2] output pixels
     inverse = np.linalg.inv(np.vstack([placement, [0, 0, 1]]))  # [3, 3]
     fallback = (np.vstack([ref.to_image, [0, 0, 1]]) @ inverse)[:2]  # [2, 3] output -> astronaut
-    warped = _warp(ref.image, ref.pixels, dst, ref.triangles, config.size, fallback).astype(np.float32)
+    warped = warp_mesh(ref.image, ref.pixels, dst, ref.triangles, config.size, fallback).astype(np.float32)
     scale = float(np.linalg.norm(placement[:, 0]))
     marks = dst[:68]  # [68, 2]
     if not expr.teeth:
         gap = float(np.mean(face[[67, 66, 65], 1] - face[[61, 62, 63], 1]))
-        warped = _paint_mouth(warped, marks, gap, scale, ref.lip_colour)
-    fore = _shade(warped, gain, config, rng)  # [H, W, 3]
-    alpha = _soft_mask(config.size, _head_polygons(placement), 0.05 * scale)[..., None]  # [H, W, 1]
-    image = fore * alpha + _background(config.size, rng) * (1 - alpha)  # [H, W, 3]
+        warped = paint_mouth(warped, marks, gap, scale, ref.lip_colour)
+    fore = shade(warped, gain, config, rng)  # [H, W, 3]
+    alpha = soft_mask(config.size, head_polygons(placement), 0.05 * scale)[..., None]  # [H, W, 1]
+    image = fore * alpha + background(config.size, rng) * (1 - alpha)  # [H, W, 3]
     image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0, config.noise)
     gamma = 255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.85, 1.2)  # [256] exposure curve
     image = cv2.LUT(np.clip(image + 0.5, 0, 255).astype(np.uint8), np.round(gamma).astype(np.uint8))
