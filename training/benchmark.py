@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.errors import ConfigError, FerError
 
 from .benchmark_report import aggregate, format_markdown, write_csv, write_plot
+from .report import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,8 @@ def config_fingerprint(config, dataset_version: str) -> str:
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2, default=jsonable) + "\n")
     os.replace(tmp, path)
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def read_cell(path: Path) -> dict | None:
@@ -199,12 +191,14 @@ def select_branch(config, run_dir: Path) -> dict | None:
     """For a method with evaluation branches: pick the better one on validation, save it, re-evaluate."""
     from .engine import config_replace, save, setup
     from .evaluate import noise_memorisation, predict
+    from .methods import method_class
 
+    cls = method_class(config.method)
+    branches = getattr(cls, "eval_branches", None)
+    if not branches or not hasattr(cls, "set_eval_branch"):
+        return None
     run = setup(config_replace(config, runtime={"resume": str(run_dir)}))
     try:
-        branches = getattr(run.method, "eval_branches", None)
-        if not branches or not hasattr(run.method, "set_eval_branch"):
-            return None
         loader, selected_on = _selection_loader(run)
         scores = {}
         for branch in branches:

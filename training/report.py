@@ -25,7 +25,7 @@ class MetricsLogger:
         if self.path is None:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+            f.write(json.dumps(record, default=jsonable) + "\n")
         if self.writer is not None:
             kind, step = record.get("kind", "train"), int(record.get("step", 0))
             for key, value in record.items():
@@ -37,7 +37,8 @@ class MetricsLogger:
             self.writer.close()
 
 
-def _jsonable(value):
+def jsonable(value):
+    """JSON fallback for numpy scalars and arrays (anything else becomes its str)."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, np.ndarray):
