@@ -178,7 +178,7 @@ def exact_knn(x: np.ndarray, k: int, queries: np.ndarray | None = None,
               exclude_self: bool = True, device: str = "auto") -> np.ndarray:
     """Exact K nearest rows of `x` [N, D] for each query row position ([Q], default all) -> [Q, K] int64.
 
-    Blocks of float32 squared distances (|q|^2 + |x|^2 - 2 q.x, on centred data) pick K + margin
+    Blocks of float32 scores |x|^2 - 2 q.x (squared distance less |q|^2, on centred data) pick K + margin
     candidates with torch.topk; their distances are recomputed in float64 from differences and
     sorted by (distance, index). Self is excluded by position when `exclude_self`. `device` 'auto'
     runs on CUDA when torch sees a GPU, else on the CPU.
@@ -196,10 +196,12 @@ def exact_knn(x: np.ndarray, k: int, queries: np.ndarray | None = None,
     block = max(1, min(len(rows), _BLOCK_ELEMENTS // n))
     out = torch.empty((len(rows), k), dtype=torch.int64, device=device)
     all_rows = torch.from_numpy(rows).to(device)                              # [Q]
+    buffer = torch.empty((block, n), dtype=torch.float32, device=device)      # reused: no page faults
     for start in range(0, len(rows), block):
         q_rows = all_rows[start:start + block]                                # [B]
-        d2 = torch.addmm(sq[q_rows][:, None] + sq[None, :], centred[q_rows], centred.T,
-                         alpha=-2.0)                                          # [B, N]
+        # |x|^2 - 2 q.x ranks a row like |q - x|^2 (|q|^2 is constant per row); no [B, N] temporaries.
+        d2 = torch.addmm(sq[None, :], centred[q_rows], centred.T, alpha=-2.0,
+                         out=buffer[:len(q_rows)])                            # [B, N]
         if exclude_self:
             d2[torch.arange(len(q_rows), device=device), q_rows] = float("inf")
         cand = torch.topk(d2, take, dim=1, largest=False).indices              # [B, take]
