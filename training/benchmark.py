@@ -26,6 +26,7 @@ configs/<method>.yaml, like `python -m training.train --config`) or has the sect
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,7 +37,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 
 from pipeline.errors import ConfigError, FerError
 
@@ -229,6 +229,10 @@ def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint:
     from .engine import fit
 
     run_id = f"{plan.name}-{cell.key}-{fingerprint}"
+    if plan.force:  # a fresh run directory: never resume what --force retrains
+        base, attempt = run_id, 2
+        while (plan.runs_root / run_id).exists():
+            run_id, attempt = f"{base}-r{attempt}", attempt + 1
     run_dir = plan.runs_root / run_id
     resume = str(run_dir) if (run_dir / "checkpoints" / LAST).is_file() else None
     config = cell_config(plan, cell, run_id=run_id, resume=resume)
@@ -247,14 +251,43 @@ def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint:
     return record
 
 
+@contextlib.contextmanager
+def exclusive_run(plan: BenchmarkPlan):
+    """One process at a time per benchmark name: a second one fails at once instead of mixing results."""
+    import fcntl
+
+    plan.runs_root.mkdir(parents=True, exist_ok=True)
+    path = plan.runs_root / f"{plan.name}.lock"
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ConfigError(f"another benchmark run is writing {plan.name!r} (lock {path}); wait for it to "
+                              f"finish or give a different --name") from exc
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_benchmark(plan: BenchmarkPlan) -> dict:
     """Run every unfinished cell, then aggregate and write the table; returns the summary."""
+    with exclusive_run(plan):
+        return _run_cells(plan)
+
+
+def _run_cells(plan: BenchmarkPlan) -> dict:
     from .data import PreparedVersion
 
     first = cell_config(plan, plan.cells()[0])
     version = PreparedVersion.open(plan.dataset, first.version, first.artifacts_root, first.manifests_root)
     for variant in plan.variants:
         version.labels(variant)  # fail at once on a variant that is not prepared
+    dataset = {"version": version.version, "prepare_config": version.lock.get("config"),
+               "num_train": len(version.split_data("train", plan.variants[0])),
+               "num_test": len(version.eval_split(plan.variants[0])), "graphs": version.graph_spaces()}
     records, actions = [], {}
     for cell in plan.cells():
         config = cell_config(plan, cell)
@@ -278,8 +311,8 @@ def run_benchmark(plan: BenchmarkPlan) -> dict:
             actions[cell.key] = "failed"
         _write_json(path, record)
         records.append(record)
-        write_outputs(plan, version.version, records, actions)  # the table so far, after every trained cell
-    return write_outputs(plan, version.version, records, actions)
+        write_outputs(plan, dataset, records, actions)  # the table so far, after every trained cell
+    return write_outputs(plan, dataset, records, actions)
 
 
 def machine_info() -> dict:
@@ -292,9 +325,11 @@ def machine_info() -> dict:
     return info
 
 
-def write_outputs(plan: BenchmarkPlan, dataset_version: str, records: list[dict], actions: dict) -> dict:
+def write_outputs(plan: BenchmarkPlan, dataset: dict, records: list[dict], actions: dict) -> dict:
     rows = aggregate(records, plan.methods, plan.variants)
+    dataset_version = dataset["version"]
     summary = {"name": plan.name, "dataset": plan.dataset, "dataset_version": dataset_version,
+               "dataset_info": dataset,
                "methods": list(plan.methods), "variants": list(plan.variants), "seeds": list(plan.seeds),
                "config_file": plan.config_file, "overrides": [list(o) for o in plan.overrides],
                "machine": machine_info(), "harness_version": STAGE_VERSION,

@@ -52,7 +52,15 @@ def format_markdown(summary: dict) -> str:
     lines = [f"# Noise-robustness benchmark: {summary['dataset']} (version {summary['dataset_version']})", "",
              f"Seeds {', '.join(map(str, summary['seeds']))}; mean ± sample std over seeds. "
              f"Machine: {summary['machine']['description']}. Config: {summary.get('config_file') or 'method defaults'}"
-             + (f", overrides {summary['overrides']}" if summary.get("overrides") else "") + ".", ""]
+             + (f", overrides {summary['overrides']}" if summary.get("overrides") else "") + "."]
+    info = summary.get("dataset_info") or {}
+    if info:
+        prepared = info.get("prepare_config") or {}
+        lines.append(f"Data: {info['num_train']} training / {info['num_test']} test samples; graphs "
+                     f"{', '.join(info.get('graphs') or []) or 'none'}"
+                     + (f"; prepared with source options {prepared.get('source')}" if prepared.get("source") else "")
+                     + ".")
+    lines.append("")
     for metric, (title, percent) in TABLE_METRICS.items():
         lines += [f"## {title}", "", "| Method | " + " | ".join(variants) + " |",
                   "| --- | " + " | ".join("---:" for _ in variants) + " |"]

@@ -66,6 +66,10 @@ def test_benchmark_writes_table_and_second_run_retrains_nothing(tiny_prepared_ve
     summary = json.loads((out / f"{name}.json").read_text())
     assert summary["actions"] == {"baseline__sym-0.30__s0": "trained"}
     assert len(list((tmp_path / "runs").iterdir())) == len(runs) + 1
+    # --force retrains a finished cell from scratch, in a fresh run directory (no resume)
+    assert main(argv_changed + ["--methods", "baseline", "--force"]) == 0
+    forced = json.loads((out / f"{name}_cells" / "baseline__sym-0.30__s0.json").read_text())
+    assert forced["run_dir"].endswith("-r2") and forced["resumed"] is False
 
 
 def test_config_file_forms_and_bad_input(tmp_path):
@@ -106,3 +110,14 @@ def test_aggregate_mean_std_and_markdown_layout():
     assert "| Method | sym-0.30 | clean |" in text
     assert "| a | 60.00 ± 14.14 | - |" in text
     assert "| b | 40.00 (1 seed) (1 failed) | - |" in text
+
+
+def test_a_second_concurrent_run_of_the_same_benchmark_fails_at_once(tmp_path):
+    from training.benchmark import exclusive_run
+
+    plan = build_plan(*parse_args(["--dataset", "synthetic", "--out", str(tmp_path / "out"),
+                                   "--runs-root", str(tmp_path / "runs")]))
+    with exclusive_run(plan), pytest.raises(ConfigError, match="another benchmark run"), exclusive_run(plan):
+        pass
+    with exclusive_run(plan):   # released afterwards
+        pass
