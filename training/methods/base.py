@@ -75,6 +75,18 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         self.config = config
         self.info = info
 
+    @classmethod
+    def coerce_config(cls, config):
+        """`config_class` instance from an instance, a dict of its fields, or None (the defaults)."""
+        if cls.config_class is None or isinstance(config, cls.config_class):
+            return config
+        if config is None:
+            return cls.config_class()
+        if isinstance(config, dict):
+            return cls.config_class(**config)
+        raise ConfigError(f"{cls.name} config must be a {cls.config_class.__name__} or a dict, "
+                          f"got {type(config).__name__}")
+
     @abc.abstractmethod
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         """One forward pass and loss on a batch: {'loss', 'logits', parts...}."""

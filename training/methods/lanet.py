@@ -110,16 +110,6 @@ class LANetConfig:
         return (self.lde and self.lde_landmark_space) or self.el_loss
 
 
-def _as_config(config) -> LANetConfig:
-    if isinstance(config, LANetConfig):
-        return config
-    if config is None:
-        return LANetConfig()
-    if isinstance(config, dict):
-        return LANetConfig(**config)
-    raise ConfigError(f"LA-Net config must be a LANetConfig or a dict, got {type(config).__name__}")
-
-
 @register_method
 class LANet(Method):
     """LA-Net (see the module docstring)."""
@@ -129,7 +119,7 @@ class LANet(Method):
     config_class = LANetConfig
 
     def __init__(self, config, info: DataInfo):
-        config = _as_config(config)
+        config = self.coerce_config(config)
         super().__init__(config, info)
         if info.train_labels is None:
             raise ConfigError("LA-Net needs DataInfo.train_labels (the noisy labels) to initialise its targets")

@@ -195,16 +195,6 @@ class CalibrationNet(nn.Module):
         return torch.sigmoid(logit)
 
 
-def _as_config(config) -> LdlvaConfig:
-    if isinstance(config, LdlvaConfig):
-        return config
-    if config is None:
-        return LdlvaConfig()
-    if isinstance(config, dict):
-        return LdlvaConfig(**config)
-    raise ConfigError(f"LDLVA config must be an LdlvaConfig or a dict, got {type(config).__name__}")
-
-
 @register_method
 class LdlvaMethod(Method):
     """LDLVA with the neighbours' images in the batch (grouped batches); see the module docstring."""
@@ -215,7 +205,7 @@ class LdlvaMethod(Method):
     neighbor_source = "batch"
 
     def __init__(self, config, info: DataInfo):
-        config = _as_config(config)
+        config = self.coerce_config(config)
         super().__init__(config, info)
         from training.models import build_backbone
 

@@ -153,16 +153,6 @@ class Classifier(nn.Module):
         return features, self.fc(features)                                   # [B, D], [B, C]
 
 
-def _as_config(config) -> SoftConfig:
-    if isinstance(config, SoftConfig):
-        return config
-    if config is None:
-        return SoftConfig()
-    if isinstance(config, dict):
-        return SoftConfig(**config)
-    raise ConfigError(f"SOFT config must be a SoftConfig or a dict, got {type(config).__name__}")
-
-
 @register_method
 class SoftMethod(Method):
     """Mean teacher + soft label smoothing + uncertainty-weighted student (see the module docstring)."""
@@ -173,7 +163,7 @@ class SoftMethod(Method):
     eval_branches = EVAL_BRANCHES
 
     def __init__(self, config, info: DataInfo):
-        config = _as_config(config)
+        config = self.coerce_config(config)
         super().__init__(config, info)
         from training.models import build_backbone
 
