@@ -6,7 +6,7 @@ reading a 300K store from cache is the same per-crop work (a memcpy of 196,608 b
 random offset; the index is arithmetic). The cold case evicts only this benchmark's own file
 (posix_fadvise DONTNEED) and reads it again: that figure is bounded by the disk.
 
-Layouts: `memmap` (pipeline/crops.py: one uint8 [N, S, S, 3] array, row = sample_id), and `jpeg` (each crop
+Layouts: `memmap` (pipeline/contract/crops.py: one uint8 [N, S, S, 3] array, row = sample_id), and `jpeg` (each crop
 JPEG-encoded at quality 95 in one blob + offsets: 6-8x smaller, but every read decodes).
 Batches of 256 random sample ids (sorted within the batch, as a sampler can), one thread.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.crops import create_crop_store, open_crops
+from pipeline.contract.crops import create_crop_store, open_crops
 
 BATCH = 256
 
@@ -156,7 +156,7 @@ def main() -> None:
                          f"with >= 64 GB RAM) the per-crop cost is the same memcpy, ~"
                          f"{results['memmap_page_cache']:.0f} crops/s/core; from disk it is bounded by the disk "
                          f"(measured cold here: {results['memmap_cold_disk']:.0f} crops/s)"),
-        "choice": "memmap-u8-v1 (pipeline/crops.py unchanged)",
+        "choice": "memmap-u8-v1 (pipeline/contract/crops.py unchanged)",
     }
     for name, value in out["crops_per_s_per_core"].items():
         print(f"{name:24s} {value:>10,d} crops/s (1 thread)")

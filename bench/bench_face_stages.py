@@ -1,6 +1,6 @@
 """Images/s of each face stage and backend on this machine's CPU (and on CUDA when present).
 
-Inputs: --n synthetic faces (256x256, pipeline.synthetic) written as PNGs, plus the astronaut (512x512).
+Inputs: --n synthetic faces (256x256, pipeline.synthetic.generator) written as PNGs, plus the astronaut (512x512).
 HRNet runs with random weights (same cost as a real checkpoint). FAN and OpenFace are not measured here:
 no weights / binary can be fetched on this machine (their wrappers are tested with fakes).
 
@@ -21,12 +21,12 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from pipeline import synthetic
-from pipeline.action_units import AUConfig, action_units_shard
-from pipeline.artifacts import vectors_to_arrow
-from pipeline.detect import AlignConfig, detect_align_shard
-from pipeline.hrnet import HRNetW18, predict
-from pipeline.landmarks import LandmarkConfig, landmarks_shard, points_from_table
+from pipeline.contract.tables import vectors_to_arrow
+from pipeline.models.hrnet import HRNetW18, predict
+from pipeline.stages.action_units import AUConfig, action_units_shard
+from pipeline.stages.faces import AlignConfig, detect_align_shard
+from pipeline.stages.landmarks import LandmarkConfig, landmarks_shard, points_from_table
+from pipeline.synthetic import generator as synthetic
 
 
 def _timed(fn, count: int) -> tuple[float, object]:

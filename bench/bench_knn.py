@@ -77,24 +77,24 @@ def worker(case: str, n: int, threads: int, queries: int, extra: dict) -> dict:
 
 
 def loader_timing(n: int = 300_000, k: int = 8) -> dict:
-    """Write a 300K x 8 graph with the graph writer and time load_graph_tensors (first and best of 5)."""
+    """Write a 300K x 8 graph with the graph writer and time read_graph without distances (first and best of 5)."""
     import tempfile
 
     import numpy as np
-    import torch  # noqa: F401  (imported before timing: the trainer has torch loaded already)
+    import torch  # (imported before timing: the trainer has torch loaded already)
 
-    from pipeline import artifacts
-    from pipeline.graphs import load_graph_tensors, write_graph
+    from pipeline.contract.graphs import graph_table, read_graph, write_graph
 
     rng = np.random.default_rng(0)
-    table = artifacts.graph_table(np.arange(n), rng.integers(0, n, (n, k)), rng.random((n, k), np.float32),
+    table = graph_table(np.arange(n), rng.integers(0, n, (n, k)), rng.random((n, k), np.float32),
                                   rng.random((n, k), np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         path = write_graph(Path(tmp) / "g.parquet", table, {"space": "bench"})
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            neighbors, similarity = load_graph_tensors(path)
+            graph = read_graph(path, with_distances=False)
+            neighbors, similarity = torch.from_numpy(graph.neighbors), torch.from_numpy(graph.similarity)
             times.append(time.perf_counter() - start)
         size = path.stat().st_size
     return {"rows": n, "k": k, "first_s": round(times[0], 4), "best_s": round(min(times), 4),
@@ -164,7 +164,7 @@ def main() -> None:
         print_table(results[-1:])
     loader = loader_timing()
     print_table(results)
-    print(f"load_graph_tensors 300K x 8: first {loader['first_s']} s, best {loader['best_s']} s")
+    print(f"graph load 300K x 8: first {loader['first_s']} s, best {loader['best_s']} s")
     report = {"machine": machine(), "data": {"generator": "pipeline.knn.clustered_points", **DATA},
               "k": 8, "recall_queries": args.queries, "note": "2-core CPU shared with other engineers while "
               "measuring; load averages are recorded per case", "results": results, "loader": loader}

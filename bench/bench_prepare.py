@@ -12,8 +12,8 @@ Three measurements, all with the real flow and the real pipeline stages:
    extrapolated linearly to `--scale-n` images: T(scale_n) = T(N) / N * scale_n (task overhead included).
 3. `scale global`: the global stages measured for real at `--scale-n` (300K) rows: the KNN graphs of the
    AU space (35-d) and the landmark space (136-d) with the real backends (pynndescent, the flow's default;
-   faiss IVF with --backends), plus measured recall@K, through pipeline.graphs.build_and_write_space; the default
-   noisy-label variant set (31 variants) through pipeline.noise.write_variant_set. The features are
+   faiss IVF with --backends), plus measured recall@K, through pipeline.stages.graphs.build_and_write_space; the default
+   noisy-label variant set (31 variants) through pipeline.stages.noise.write_variant_set. The features are
    synthetic-shaped: per-class Gaussians (mean, full covariance) fitted to the landmark and AU tables
    that run 2 produced; splits follow AffectNet's proportions (98.6% train), so a graph has ~296K rows.
 
@@ -168,7 +168,7 @@ def scale_version(source_dir: Path, out: Path, n: int, seed: int = 0) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.artifacts import read_table, vectors_to_arrow, vectors_to_numpy, write_table
+    from pipeline.contract.tables import read_table, vectors_to_arrow, vectors_to_numpy, write_table
 
     rng = np.random.default_rng(seed)
     samples = read_table(source_dir / "samples.parquet", columns=["sample_id", "label"])
@@ -200,9 +200,9 @@ def scale_globals(version_dir: Path, backends: list[str], threads: int) -> dict:
     """Graphs (per backend, per space) and the default noise variant set at full scale, timed."""
     from dataclasses import replace
 
-    from pipeline.artifacts import LABELS_DIR, read_table
-    from pipeline.graphs import GraphConfig, build_and_write_space
-    from pipeline.noise import NoiseConfig, variant_names, write_variant_set
+    from pipeline.contract.tables import LABELS_DIR, read_table
+    from pipeline.stages.graphs import GraphConfig, build_and_write_space
+    from pipeline.stages.noise import NoiseConfig, variant_names, write_variant_set
 
     results = {"graphs": [], "load_before": load()}
     for label in backends:

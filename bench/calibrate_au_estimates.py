@@ -1,9 +1,9 @@
 """Calibrate the landmark-geometry AU estimates against the synthetic generator's known AU intensities.
 
 Generates N synthetic samples (true 68 points, true AU intensities), fits the neutral reference and
-per-AU scales (pipeline.action_units.calibrate_estimate), reports per-AU correlation and mean absolute
+per-AU scales (pipeline.stages.action_units.calibrate_estimate), reports per-AU correlation and mean absolute
 error on held-out samples (true points and dlib points on aligned crops), and saves the calibration to
-bench/results/au_calibration.json; paste `python_literal` into pipeline/action_units.py CALIBRATION.
+bench/results/au_calibration.json; paste `python_literal` into pipeline/stages/action_units.py CALIBRATION.
 
     .venv/bin/python bench/calibrate_au_estimates.py --n 500
 """
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import align, synthetic
-from pipeline.action_units import AU_INTENSITY_NAMES, calibrate_estimate, estimate_aus
-from pipeline.detect import AlignConfig, detect_dlib
-from pipeline.landmarks import dlib_landmarks
+from pipeline import geometry as align
+from pipeline.stages.action_units import AU_INTENSITY_NAMES, calibrate_estimate, estimate_aus
+from pipeline.stages.faces import AlignConfig, detect_dlib
+from pipeline.stages.landmarks import dlib_landmarks
+from pipeline.synthetic import generator as synthetic
 
 
 def _samples(n: int, seed: int):

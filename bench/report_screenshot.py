@@ -28,11 +28,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.artifacts import QuarantineRow, graph_table, quarantine_table, vectors_to_arrow, write_table
-from pipeline.constants import CLASSES_7
-from pipeline.noise import NoiseConfig, write_variant_set
-from pipeline.report import build_report
-from pipeline.versioning import artifacts_root, read_lock
+from pipeline.contract.classes import CLASSES_7
+from pipeline.contract.graphs import graph_table
+from pipeline.contract.lock import artifacts_root, read_lock
+from pipeline.contract.tables import QuarantineRow, quarantine_table, vectors_to_arrow, write_table
+from pipeline.report.build import build_report
+from pipeline.stages.noise import NoiseConfig, write_variant_set
 
 RESULTS = Path(__file__).resolve().parent / "results" / "report_screenshot.json"
 
@@ -47,7 +48,7 @@ def random_version(out: Path, n: int, seed: int = 0) -> Path:
     """Random tables of `n` samples in the artefact layout (no crop store): for timing the report at scale.
 
     Not data: uniform labels, random AUs, random landmarks and random neighbours; the default 31 noise
-    variants are made by pipeline.noise.
+    variants are made by pipeline.stages.noise.
     """
     rng = np.random.default_rng(seed)
     ids = np.arange(n, dtype=np.int64)

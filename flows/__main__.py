@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from .runtime import configure_prefect
+from flows.runtime import configure_prefect
 
 
 def _add_prepare_args(parser: argparse.ArgumentParser) -> None:
@@ -60,18 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_prefect()
-    from pipeline.errors import FerError
+    from pipeline.contract.errors import FerError
     from pipeline.prepare import load_prepare_config
 
     try:
         config = load_prepare_config(args.config, args.set, dataset=args.dataset, root=args.root)
         if args.command == "serve":
-            from .schedule import serve_prepare
+            from flows.schedule import serve_prepare
 
             serve_prepare(config, name=args.name, cron=args.cron, interval=args.interval, watch=args.watch,
                           watch_every_s=args.watch_every)
             return 0
-        from .prepare import run_prepare
+        from flows.prepare import run_prepare
 
         summary = run_prepare(config, dask_address=args.dask_address, dask_workers=args.dask_workers)
     except FerError as exc:

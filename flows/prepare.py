@@ -20,10 +20,18 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from pipeline import assemble, prepare
-from pipeline.artifacts import ACTION_UNITS, LANDMARKS, MANIFEST, QUARANTINE, SAMPLES, append_quarantine, write_table
+from pipeline.contract.lock import write_lock
+from pipeline.contract.tables import (
+    ACTION_UNITS,
+    LANDMARKS,
+    MANIFEST,
+    QUARANTINE,
+    SAMPLES,
+    append_quarantine,
+    write_table,
+)
 from pipeline.sources import SourceResult, prepare_source
-from pipeline.store import PartStore
-from pipeline.versioning import write_lock
+from pipeline.store.parts import PartStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,7 @@ def action_units_shard_task(shard, faces_dir: Path, landmarks_dir: Path, au_conf
 
 @task(name="graph", retries=1)
 def graph_task(version_dir: Path, space: str, graph_config) -> dict:
-    from pipeline.graphs import build_and_write_space
+    from pipeline.stages.graphs import build_and_write_space
 
     _, metadata = build_and_write_space(version_dir, space, graph_config)
     return metadata
@@ -79,8 +87,8 @@ def graph_task(version_dir: Path, space: str, graph_config) -> dict:
 
 @task(name="noise", retries=1)
 def noise_task(version_dir: Path, variants: tuple[str, ...], num_classes: int) -> list[str]:
-    from pipeline.artifacts import LABELS_DIR, read_table
-    from pipeline.noise import write_variant_set
+    from pipeline.contract.tables import LABELS_DIR, read_table
+    from pipeline.stages.noise import write_variant_set
 
     samples = read_table(version_dir / SAMPLES, columns=["sample_id", "split", "label"])
     return sorted(write_variant_set(version_dir / LABELS_DIR, samples, list(variants), num_classes))
@@ -88,7 +96,7 @@ def noise_task(version_dir: Path, variants: tuple[str, ...], num_classes: int) -
 
 @task(name="report")
 def report_task(version_dir: Path, summary: dict) -> str:
-    from pipeline.report import build_report
+    from pipeline.report.build import build_report
 
     return str(build_report(version_dir, summary))
 
@@ -199,9 +207,8 @@ def prepare_flow(config: prepare.PrepareConfig) -> dict:
 
 def run_prepare(config: prepare.PrepareConfig, dask_address: str | None = None, dask_workers: int = 0) -> dict:
     """Run the prepare flow with the chosen task runner (threads, a LocalCluster or a Dask cluster)."""
-    from pipeline.versioning import artifacts_root
-
-    from .runtime import api_for_workers, configure_prefect, make_task_runner
+    from flows.runtime import api_for_workers, configure_prefect, make_task_runner
+    from pipeline.contract.lock import artifacts_root
 
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")
     runner = make_task_runner(config.max_workers, dask_address, dask_workers)

@@ -24,7 +24,7 @@ import os
 import threading
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from pipeline.prepare import PrepareConfig
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,10 @@ def serve_prepare(config: PrepareConfig, name: str | None = None, cron: str | No
         raise ConfigError(f"watched path {watch} does not exist; give the dataset's label file or folder")
     if watch_every_s <= 0:
         raise ConfigError(f"watch_every_s must be a positive number of seconds, got {watch_every_s!r}")
+    from flows.prepare import prepare_flow
+    from flows.runtime import configure_prefect, make_task_runner
+    from pipeline.contract.lock import artifacts_root
     from pipeline.prepare import resolve_stage_configs
-    from pipeline.versioning import artifacts_root
-
-    from .prepare import prepare_flow
-    from .runtime import configure_prefect, make_task_runner
 
     resolve_stage_configs(config)            # a bad option fails here, not at the first scheduled run
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")   # inherited by the run processes

@@ -13,11 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .artifacts import (
-    ACTION_UNITS, CROPS_DIR, FACES, LANDMARKS, QuarantineRow, vectors_to_numpy, write_table,
+from pipeline.contract.crops import create_crop_store, write_valid_mask
+from pipeline.contract.tables import (
+    ACTION_UNITS,
+    CROPS_DIR,
+    FACES,
+    LANDMARKS,
+    QuarantineRow,
+    vectors_to_numpy,
+    write_table,
 )
-from .crops import create_crop_store, write_valid_mask
-from .store import Part, PartStore, input_keys
+from pipeline.store.parts import Part, PartStore, input_keys
 
 log = logging.getLogger(__name__)
 USABLE = ("ok", "multi_face")
@@ -62,7 +68,7 @@ def _quarantine_by_key(rows: list[QuarantineRow], shard: pa.Table) -> list[tuple
 
 def faces_part(shard: pa.Table, image_root: Path, config, progress: bool = False) -> Part:
     """Detect and align one shard; crops are kept for every row (zeros where no face)."""
-    from .detect import detect_align_shard
+    from pipeline.stages.faces import detect_align_shard
 
     faces, crops, quarantine = detect_align_shard(shard.drop_columns(["key"]), image_root, config, progress=progress)
     keys = shard.column("key").to_pylist()
@@ -71,7 +77,7 @@ def faces_part(shard: pa.Table, image_root: Path, config, progress: bool = False
 
 def landmarks_part(shard: pa.Table, faces_store: PartStore, config, progress: bool = False) -> Part:
     """Landmarks on one shard's aligned crops (usable faces only)."""
-    from .landmarks import landmarks_shard
+    from pipeline.stages.landmarks import landmarks_shard
 
     keys = shard.column("key").to_pylist()
     crops = faces_store.gather_array("crops", keys)                   # [B, S, S, 3]
@@ -85,7 +91,7 @@ def landmarks_part(shard: pa.Table, faces_store: PartStore, config, progress: bo
 def action_units_part(shard: pa.Table, faces_store: PartStore, landmarks_store: PartStore, config,
                       progress: bool = False) -> Part:
     """Action units on one shard's crops, with its landmarks where the backend uses them."""
-    from .action_units import action_units_shard
+    from pipeline.stages.action_units import action_units_shard
 
     keys = shard.column("key").to_pylist()
     crops = faces_store.gather_array("crops", keys)                   # [B, S, S, 3]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, DataError, choices_message, require_package
+from pipeline.contract.errors import ConfigError, DataError, choices_message, require_package
 
 log = logging.getLogger(__name__)
 

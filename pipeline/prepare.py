@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
-from .specs import DatasetSpec, load_spec
-from .versioning import artifacts_root, fingerprint
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.lock import artifacts_root
+from pipeline.specs import DatasetSpec, load_spec
+from pipeline.store.fingerprint import fingerprint
 
 PLAN_VERSION = "1.0"
 DEFAULT_DETECTOR = {"detect": "dlib", "given": "given", "prealigned": "prealigned"}
@@ -35,10 +36,10 @@ class PrepareConfig:
     source: dict = field(default_factory=dict)        # adapter options (synthetic: n, seed, size, ...)
     shard_size: int = 250                   # images per task (100-500: one task per image is too costly)
     max_workers: int = 2                    # bounded concurrency of shard tasks
-    align: dict = field(default_factory=dict)         # pipeline.detect.AlignConfig fields
-    landmarks: dict = field(default_factory=dict)     # pipeline.landmarks.LandmarkConfig fields
-    action_units: dict = field(default_factory=dict)  # pipeline.action_units.AUConfig fields
-    graphs: dict = field(default_factory=dict)        # pipeline.graphs.GraphConfig fields + spaces
+    align: dict = field(default_factory=dict)         # pipeline.stages.faces.AlignConfig fields
+    landmarks: dict = field(default_factory=dict)     # pipeline.stages.landmarks.LandmarkConfig fields
+    action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
+    graphs: dict = field(default_factory=dict)        # pipeline.stages.graphs.GraphConfig fields + spaces
     noise: dict = field(default_factory=dict)         # pipeline.noise config fields (variants, ...)
     report: bool = True
     seed: int = 0
@@ -103,15 +104,15 @@ class StageConfigs:
 
 def _graph_config(fields: dict):
     """graphs section: KnnConfig fields (k, backend, metric, ...) and GraphConfig fields, plus `spaces`."""
-    from .graphs import GraphConfig
-    from .knn import KnnConfig
+    from pipeline.knn import KnnConfig
+    from pipeline.stages.graphs import GraphConfig
 
     spaces = tuple(fields.pop("spaces", DEFAULT_SPACES))
     knn_names = {f.name for f in dataclasses.fields(KnnConfig)}
     knn = _build(KnnConfig, {k: v for k, v in fields.items() if k in knn_names}, "graphs (knn)")
     rest = {k: v for k, v in fields.items() if k not in knn_names}
     if "sigma" in rest:
-        from .graphs import DEFAULT_SIGMA
+        from pipeline.stages.graphs import DEFAULT_SIGMA
 
         rest["sigma"] = {**DEFAULT_SIGMA, **rest["sigma"]}
     return _build(GraphConfig, {**rest, "knn": knn}, "graphs"), spaces
@@ -119,7 +120,7 @@ def _graph_config(fields: dict):
 
 def _noise_variants(fields: dict) -> tuple[str, ...]:
     """noise section: an explicit `variants` list, or NoiseConfig fields (kinds x rates x seeds)."""
-    from .noise import NoiseConfig, parse_variant, variant_names
+    from pipeline.stages.noise import NoiseConfig, parse_variant, variant_names
 
     if "variants" in fields:
         names = list(fields.pop("variants"))
@@ -134,9 +135,9 @@ def _noise_variants(fields: dict) -> tuple[str, ...]:
 
 def resolve_stage_configs(config: PrepareConfig) -> StageConfigs:
     """Build and validate every stage's config at once, so a bad option fails before any work."""
-    from .action_units import AUConfig
-    from .detect import AlignConfig
-    from .landmarks import LandmarkConfig
+    from pipeline.stages.action_units import AUConfig
+    from pipeline.stages.faces import AlignConfig
+    from pipeline.stages.landmarks import LandmarkConfig
 
     overrides = {"num_classes": config.num_classes} if config.num_classes else None
     spec = load_spec(config.dataset, overrides=overrides)
@@ -208,8 +209,9 @@ def version_is_complete(plan: VersionPlan) -> bool:
 
 def stage_versions() -> dict[str, str]:
     """name@version of every stage module: part of every fingerprint."""
-    from . import action_units, detect, graphs, landmarks, noise
-    from .sources import STAGE_VERSION as sources_version
+    from pipeline.sources import STAGE_VERSION as sources_version
+    from pipeline.stages import action_units, graphs, landmarks, noise
+    from pipeline.stages import faces as detect
 
     return {"sources": sources_version, "faces": detect.STAGE_VERSION, "landmarks": landmarks.STAGE_VERSION,
             "action_units": action_units.STAGE_VERSION, "graphs": graphs.STAGE_VERSION, "noise": noise.STAGE_VERSION}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from .constants import CANONICAL_CLASSES, class_names
-from .errors import ConfigError, choices_message
-from .versioning import specs_root
+from pipeline.contract.classes import CANONICAL_CLASSES, class_names
+from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.lock import specs_root
 
 ALIGNMENTS = ("detect", "given", "prealigned")
 

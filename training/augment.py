@@ -49,7 +49,7 @@ FLIP_MAPS: dict[int, np.ndarray] = {68: _flip_map(68, _PAIRS_68), 19: _flip_map(
 def flip_map(num_points: int) -> np.ndarray:
     """Left/right index permutation of a known layout; other point counts cannot be flipped consistently."""
     if num_points not in FLIP_MAPS:
-        from pipeline.errors import ConfigError
+        from pipeline.contract.errors import ConfigError
         raise ConfigError(f"no flip map for {num_points}-point landmarks (known: 19, 68, 98); "
                           "set data.flip=false to train without horizontal flips")
     return FLIP_MAPS[num_points]
@@ -71,7 +71,7 @@ def sample_params(config: AugmentConfig, batch: int, source: int, rng: np.random
     """Every random choice of one batch: crop offsets, flips, jitter factors, erasing boxes."""
     size, room = config.image_size, source - config.image_size
     if room < 0:
-        from pipeline.errors import ConfigError
+        from pipeline.contract.errors import ConfigError
         raise ConfigError(f"data.image_size {size} is larger than the stored/resized crop ({source}); "
                           f"use image_size <= {source} or set data.resize")
     offsets = np.full((batch, 2), room // 2, np.int64)  # [B, 2] (x, y)

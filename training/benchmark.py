@@ -38,10 +38,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigError, FerError
-
-from .benchmark_report import aggregate, format_markdown, write_csv, write_plot
-from .report import jsonable
+from pipeline.contract.errors import ConfigError, FerError
+from training.benchmark_report import aggregate, format_markdown, write_csv, write_plot
+from training.report import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def load_benchmark_file(path: str | Path | None) -> tuple[dict, dict, dict]:
     """(benchmark options, common layer, per-method layers) from a benchmark or plain config file."""
     if path is None:
         return {}, {}, {}
-    from .config import load_yaml
+    from training.config import load_yaml
 
     data = load_yaml(path)
     if not {"benchmark", "train", "methods"} & set(data):
@@ -122,7 +121,7 @@ def flatten(layer: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def cell_config(plan: BenchmarkPlan, cell: Cell, run_id: str | None = None, resume: str | None = None):
     """The resolved TrainConfig of a cell: method yaml <- common <- per-method <- CLI <- cell keys."""
-    from .config import resolve_config
+    from training.config import resolve_config
 
     overrides = flatten(plan.common) + flatten(plan.per_method.get(cell.method) or {}) + list(plan.overrides)
     overrides += [("runtime.seed", cell.seed), ("runtime.runs_root", str(plan.runs_root))]
@@ -163,7 +162,7 @@ def read_cell(path: Path) -> dict | None:
 
 
 def _eval_split_metrics(run, loader) -> dict:
-    from .evaluate import classification_metrics, predict
+    from training.evaluate import classification_metrics, predict
 
     kw = {"channels_last": run.channels_last, "autocast": run.autocast}
     out = predict(run.method, loader, run.device, **kw)
@@ -172,9 +171,9 @@ def _eval_split_metrics(run, loader) -> dict:
 
 def _selection_loader(run):
     """(loader, split name) used to choose an evaluation branch: 'val' when the version has one."""
-    from .augment import AugmentConfig
-    from .loader import SplitDataset, make_loader
-    from .samplers import ShuffleSampler
+    from training.augment import AugmentConfig
+    from training.loader import SplitDataset, make_loader
+    from training.samplers import ShuffleSampler
 
     if "val" in run.version.splits() and run.test.name != "val":
         split = run.version.split_data("val", run.config.noise)
@@ -189,9 +188,9 @@ def _selection_loader(run):
 
 def select_branch(config, run_dir: Path) -> dict | None:
     """For a method with evaluation branches: pick the better one on validation, save it, re-evaluate."""
-    from .engine import config_replace, save, setup
-    from .evaluate import noise_memorisation, predict
-    from .methods import method_class
+    from training.engine import config_replace, save, setup
+    from training.evaluate import noise_memorisation, predict
+    from training.methods import method_class
 
     cls = method_class(config.method)
     branches = getattr(cls, "eval_branches", None)
@@ -225,8 +224,8 @@ CELL_METRICS = ("test_accuracy", "test_mean_class_accuracy", "recovered", "memor
 
 def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint: str, config) -> dict:
     """Train one cell (resuming its run when a checkpoint exists) and return its record."""
-    from .checkpoint import LAST
-    from .engine import fit
+    from training.checkpoint import LAST
+    from training.engine import fit
 
     run_id = f"{plan.name}-{cell.key}-{fingerprint}"
     if plan.force:  # a fresh run directory: never resume what --force retrains
@@ -279,7 +278,7 @@ def run_benchmark(plan: BenchmarkPlan) -> dict:
 
 
 def _run_cells(plan: BenchmarkPlan) -> dict:
-    from .data import PreparedVersion
+    from training.data import PreparedVersion
 
     first = cell_config(plan, plan.cells()[0])
     version = PreparedVersion.open(plan.dataset, first.version, first.artifacts_root, first.manifests_root)
@@ -350,7 +349,7 @@ def _csv(text: str) -> list[str]:
 
 
 def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> BenchmarkPlan:
-    from .methods import method_names
+    from training.methods import method_names
 
     options, common, per_method = load_benchmark_file(args.config)
     methods = _csv(args.methods)

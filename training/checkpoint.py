@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 
 CHECKPOINT_VERSION = 1
 LAST = "last.pt"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 
 CONFIG_VERSION = "1"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -247,7 +247,7 @@ def apply_override(config: dict, key: str, raw_value: str, method_fields: list[s
 
 
 def method_config_fields(method: str) -> list[str]:
-    from .methods import method_class
+    from training.methods import method_class
     cls = method_class(method).config_class
     return [f.name for f in dataclasses.fields(cls)] if cls is not None else []
 
@@ -283,7 +283,7 @@ def resolve_config(method: str, dataset: str | None = None, noise: str | None = 
 
 def build_method_config(config: TrainConfig):
     """The method's frozen config dataclass from `method_config`, with backbone defaults from `model`."""
-    from .methods import method_class
+    from training.methods import method_class
     cls = method_class(config.method).config_class
     if cls is None:
         return dict(config.method_config)

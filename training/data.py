@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts as art
-from pipeline.crops import open_crops, read_valid_mask
-from pipeline.errors import ArtifactError
+from pipeline.contract import graphs
+from pipeline.contract import tables as art
+from pipeline.contract.crops import open_crops, read_valid_mask
+from pipeline.contract.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ class PreparedVersion:
     def open(cls, dataset: str, version: str = "latest", artifacts_root: str | Path | None = None,
              manifests_root: str | Path | None = None) -> PreparedVersion:
         """Load `<artifacts_root>/<dataset>/<version>/`; 'latest' follows data_manifests/versions/<dataset>/latest."""
-        from pipeline.versioning import artifacts_root as default_artifacts
-        from pipeline.versioning import manifests_root as default_manifests
-        from pipeline.versioning import read_lock
+        from pipeline.contract.lock import artifacts_root as default_artifacts
+        from pipeline.contract.lock import manifests_root as default_manifests
+        from pipeline.contract.lock import read_lock
 
         manifests = Path(manifests_root) if manifests_root else default_manifests()
         try:
@@ -211,12 +212,12 @@ class PreparedVersion:
         raise ArtifactError(f"{self.dataset} version {self.version} has neither a test nor a val split")
 
     # --- graphs ---
-    def graph(self, space: str) -> art.GraphArrays:
+    def graph(self, space: str) -> graphs.GraphArrays:
         path = self.directory / art.GRAPHS_DIR / f"{space}.parquet"
         if not path.is_file():
             raise ArtifactError(f"graph {space!r} is not prepared for {self.dataset} version {self.version}; "
                                 f"prepared graphs: {', '.join(self.graph_spaces()) or 'none'}")
-        return art.read_graph(path)
+        return graphs.read_graph(path, with_distances=False)
 
     def train_graph(self, space: str, split: SplitData) -> tuple[np.ndarray, np.ndarray]:
         """([n, K] int64 neighbour positions in `split` or -1, [n, K] float32 similarity, 0 where -1)."""

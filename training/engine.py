@@ -23,20 +23,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.constants import class_names
-from pipeline.errors import ConfigError, FerError
-
-from . import distributed as ddp
-from .augment import AugmentConfig
-from .checkpoint import LAST, load_checkpoint, save_checkpoint, set_rng_state
-from .config import TrainConfig, build_method_config, save_config, validate_choices
-from .data import PreparedVersion, SplitData
-from .evaluate import classification_metrics, js_divergence, noise_memorisation, predict
-from .loader import SplitDataset, check_needs, make_loader, to_device
-from .methods import DataInfo, Method, StepInfo, method_class
-from .optim import build_optimizer, build_scheduler, lr_factor  # noqa: F401 (re-exported)
-from .report import MetricsLogger, write_report
-from .samplers import BalancedSampler, GroupedBatchSampler, ShuffleSampler
+from pipeline.contract.classes import class_names
+from pipeline.contract.errors import ConfigError, FerError
+from training import distributed as ddp
+from training.augment import AugmentConfig
+from training.checkpoint import LAST, load_checkpoint, save_checkpoint, set_rng_state
+from training.config import TrainConfig, build_method_config, save_config, validate_choices
+from training.data import PreparedVersion, SplitData
+from training.evaluate import classification_metrics, js_divergence, noise_memorisation, predict
+from training.loader import SplitDataset, check_needs, make_loader, to_device
+from training.methods import DataInfo, Method, StepInfo, method_class
+from training.optim import build_optimizer, build_scheduler, lr_factor  # noqa: F401 (re-exported)
+from training.report import MetricsLogger, write_report
+from training.samplers import BalancedSampler, GroupedBatchSampler, ShuffleSampler
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .loader import to_device
+from training.loader import to_device
 
 
 @torch.no_grad()

@@ -13,17 +13,10 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError
-
-from .augment import (
-    AugmentConfig,
-    crop_flip,
-    finish_images,
-    move_landmarks,
-    sample_params,
-)
-from .data import PreparedVersion, SplitData
-from .samplers import BatchRequest
+from pipeline.contract.errors import ConfigError
+from training.augment import AugmentConfig, crop_flip, finish_images, move_landmarks, sample_params
+from training.data import PreparedVersion, SplitData
+from training.samplers import BatchRequest
 
 KNOWN_NEEDS = frozenset({"landmarks", "aus", "va", "votes", "two_views", "groups"})
 

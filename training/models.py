@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .config import TrainConfig
+from training.config import TrainConfig
 
 
 def build_optimizer(method, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

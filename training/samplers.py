@@ -9,13 +9,12 @@ plan, after trimming to a whole number of global batches, so ranks run the same 
 from __future__ import annotations
 
 import abc
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 
 ROLE_CENTRE, ROLE_AU, ROLE_LANDMARK = 0, 1, 2
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts as art
-from pipeline.crops import create_crop_store, write_valid_mask
+from pipeline.contract import graphs
+from pipeline.contract import tables as art
+from pipeline.contract.crops import create_crop_store, write_valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _graph(features: np.ndarray, k: int, sigma: float, space: str, path: Path) -
     neighbors, dist = exact_knn(features, k)
     similarity = np.exp(-dist.astype(np.float64) ** 2 / (2 * sigma ** 2)).astype(np.float32)
     ids = np.arange(len(features), dtype=np.int64)
-    art.write_table(path, art.graph_table(ids, neighbors.astype(np.int32), dist, similarity),
+    art.write_table(path, graphs.graph_table(ids, neighbors.astype(np.int32), dist, similarity),
                     {"space": space, "K": k, "metric": "euclidean", "sigma": sigma, "backend": "exact",
                      "recall_at_k": 1.0, "note": "testbed exact KNN"})
 
@@ -93,8 +94,9 @@ def build_tiny_version(artifacts_root: str | Path, manifests_root: str | Path, n
     """Generate `n` synthetic samples and write a complete prepared version; returns where it is."""
     import cv2
 
-    from pipeline.synthetic import SyntheticConfig, generate_sample, split_of
-    from pipeline.versioning import fingerprint, write_lock
+    from pipeline.contract.lock import write_lock
+    from pipeline.store.fingerprint import fingerprint
+    from pipeline.synthetic.generator import SyntheticConfig, generate_sample, split_of
 
     cfg = SyntheticConfig(n=n, seed=seed, num_classes=num_classes)
     version = fingerprint("testbed", TESTBED_VERSION, {"n": n, "crop_size": crop_size, "k": k,

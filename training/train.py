@@ -17,7 +17,7 @@ import sys
 
 import yaml
 
-from pipeline.errors import ConfigError, FerError
+from pipeline.contract.errors import ConfigError, FerError
 
 EXAMPLES = """
 examples:
@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 
 def build_config(args: argparse.Namespace, overrides: list[tuple[str, str]]):
-    from .checkpoint import load_checkpoint, resolve_checkpoint
-    from .config import resolve_config
+    from training.checkpoint import load_checkpoint, resolve_checkpoint
+    from training.config import resolve_config
 
     if not args.resume:
         return resolve_config(args.method, args.dataset, args.noise, args.config, overrides)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False))
             return 0
-        from .engine import fit
+        from training.engine import fit
 
         final = fit(config)
     except FerError as exc:

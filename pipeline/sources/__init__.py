@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..artifacts import QUARANTINE, SAMPLES, quarantine_table, write_table
-from ..errors import ConfigError, choices_message
-from ..hashing import HashCache, default_hash_cache, hash_file
-from ..specs import DatasetSpec, load_spec, resolve_root
-from ..versioning import digest_strings, fingerprint
-from .affectnet import scan_affectnet
-from .base import SourceScan, build_samples_table_from_scan
-from .ferplus import scan_ferplus
-from .folder import scan_folder
-from .rafdb import scan_rafdb
-from .synthetic import scan_synthetic
+from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.tables import QUARANTINE, SAMPLES, quarantine_table, write_table
+from pipeline.sources.affectnet import scan_affectnet
+from pipeline.sources.base import SourceScan, build_samples_table_from_scan
+from pipeline.sources.ferplus import scan_ferplus
+from pipeline.sources.folder import scan_folder
+from pipeline.sources.rafdb import scan_rafdb
+from pipeline.sources.synthetic import scan_synthetic
+from pipeline.specs import DatasetSpec, load_spec, resolve_root
+from pipeline.store.fingerprint import digest_strings, fingerprint
+from pipeline.store.hashing import HashCache, default_hash_cache, hash_file
 
 log = logging.getLogger(__name__)
 STAGE_NAME = "sources"

@@ -12,9 +12,9 @@ import sys
 
 import yaml
 
-from ..errors import FerError
-from ..specs import known_specs
-from . import prepare_source
+from pipeline.contract.errors import FerError
+from pipeline.sources import prepare_source
+from pipeline.specs import known_specs
 
 
 def format_summary(summary: dict) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..specs import DatasetSpec
-from .base import SourceRecord, SourceScan
+from pipeline.contract.errors import ConfigError
+from pipeline.sources.base import SourceRecord, SourceScan
+from pipeline.specs import DatasetSpec
 
 ADAPTER_VERSION = "1.0"
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",

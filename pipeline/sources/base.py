@@ -18,10 +18,10 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..artifacts import QuarantineRow, samples_schema, vectors_to_arrow
-from ..constants import SPLITS
-from ..hashing import HashCache
-from ..specs import DatasetSpec
+from pipeline.contract.classes import SPLITS
+from pipeline.contract.tables import QuarantineRow, samples_schema, vectors_to_arrow
+from pipeline.specs import DatasetSpec
+from pipeline.store.hashing import HashCache
 
 log = logging.getLogger(__name__)
 STAGE = "sources"

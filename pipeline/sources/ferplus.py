@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
-from ..hashing import hash_file
-from ..specs import DatasetSpec
-from .base import SourceRecord, SourceScan
+from pipeline.contract.errors import ConfigError, DataError
+from pipeline.sources.base import SourceRecord, SourceScan
+from pipeline.specs import DatasetSpec
+from pipeline.store.hashing import hash_file
 
 log = logging.getLogger(__name__)
 ADAPTER_VERSION = "1.0"

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..constants import CLASS_ALIASES
-from ..errors import ConfigError
-from ..specs import DatasetSpec
-from .base import SourceRecord, SourceScan
+from pipeline.contract.classes import CLASS_ALIASES
+from pipeline.contract.errors import ConfigError
+from pipeline.sources.base import SourceRecord, SourceScan
+from pipeline.specs import DatasetSpec
 
 ADAPTER_VERSION = "1.0"
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError, choices_message
-from ..specs import DatasetSpec
-from .base import SourceRecord, SourceScan
+from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.sources.base import SourceRecord, SourceScan
+from pipeline.specs import DatasetSpec
 
 ADAPTER_VERSION = "1.0"
 VARIANTS = ("aligned", "original")

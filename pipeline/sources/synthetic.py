@@ -1,4 +1,4 @@
-"""Adapter for the embedded synthetic dataset (pipeline.synthetic): generated on demand, cached.
+"""Adapter for the embedded synthetic dataset (pipeline.synthetic.generator): generated on demand, cached.
 
 Images are written once as PNG under <work_dir>/synthetic-images/<config fingerprint>/<split>/,
 with their known truth (class, label distribution, 68 landmarks, AU intensities) in Parquet parts
@@ -18,12 +18,12 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..artifacts import read_table, vectors_to_arrow, vectors_to_numpy, write_table
-from ..constants import class_names
-from ..errors import ConfigError
-from ..specs import DatasetSpec
-from ..versioning import fingerprint
-from .base import SourceRecord, SourceScan
+from pipeline.contract.classes import class_names
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.tables import read_table, vectors_to_arrow, vectors_to_numpy, write_table
+from pipeline.sources.base import SourceRecord, SourceScan
+from pipeline.specs import DatasetSpec
+from pipeline.store.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 ADAPTER_VERSION = "1.0"
@@ -32,7 +32,7 @@ PART_SIZE = 250
 
 def synthetic_config(spec: DatasetSpec, overrides: dict | None = None):
     """SyntheticConfig from the spec's options, the spec's class count and overrides (e.g. n)."""
-    from ..synthetic import SyntheticConfig
+    from pipeline.synthetic.generator import SyntheticConfig
 
     fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
     options = {**spec.options, **(overrides or {}), "num_classes": spec.num_classes}
@@ -44,21 +44,21 @@ def synthetic_config(spec: DatasetSpec, overrides: dict | None = None):
 
 def _cache_key(config) -> str:
     """Images depend on everything but n: one cache folder serves every n with the same settings."""
-    from ..synthetic import SYNTHETIC_VERSION
+    from pipeline.synthetic.generator import SYNTHETIC_VERSION
 
     params = {k: v for k, v in dataclasses.asdict(config).items() if k != "n"}
     return fingerprint("synthetic-images", SYNTHETIC_VERSION, params)
 
 
 def _relpath(config, index: int) -> str:
-    from ..synthetic import split_of
+    from pipeline.synthetic.generator import split_of
 
     return f"{split_of(config, index)}/{index:07d}.png"
 
 
 def _render_part(config, image_root: Path, indices: list[int]) -> pa.Table:
     """Generate and save one part's images; return their truth rows."""
-    from ..synthetic import generate_sample
+    from pipeline.synthetic.generator import generate_sample
 
     samples = []
     for index in indices:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import read_metadata, read_table
-from pipeline.crops import open_crops
+from pipeline.contract.crops import open_crops
+from pipeline.contract.lock import read_lock
+from pipeline.contract.tables import read_metadata, read_table
 from pipeline.prepare import load_prepare_config
-from pipeline.store import PartStore
-from pipeline.versioning import read_lock
+from pipeline.store.parts import PartStore
 
 PROJECT = Path(__file__).resolve().parents[2]
 SMALL = ["source.n=48", "shard_size=12", "graphs.k=4", "graphs.backend=exact", "noise.variants=[sym-0.30]",

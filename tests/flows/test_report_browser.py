@@ -2,7 +2,7 @@
 
 The version directory is built from the synthetic generator (true landmarks and AU intensities stand in
 for the landmark and AU stages; the crops are the generated images), with noisy-label variants from
-pipeline.noise and graphs from pipeline.graphs, so the page shows real faces and real stage metadata.
+pipeline.stages.noise and graphs from pipeline.stages.graphs, so the page shows real faces and real stage metadata.
 """
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.artifacts import QuarantineRow, quarantine_table, samples_schema, vectors_to_arrow, write_table
-from pipeline.constants import CLASSES_7
-from pipeline.crops import create_crop_store, write_valid_mask
-from pipeline.graphs import GraphConfig, build_space_graph, write_graph
+from pipeline.contract.classes import CLASSES_7
+from pipeline.contract.crops import create_crop_store, write_valid_mask
+from pipeline.contract.graphs import write_graph
+from pipeline.contract.tables import QuarantineRow, quarantine_table, samples_schema, vectors_to_arrow, write_table
 from pipeline.knn import KnnConfig
-from pipeline.noise import write_variant_set
-from pipeline.report import build_report
-from pipeline.synthetic import SyntheticConfig, generate_sample, split_of
+from pipeline.report.build import build_report
+from pipeline.stages.graphs import GraphConfig, build_space_graph
+from pipeline.stages.noise import write_variant_set
+from pipeline.synthetic.generator import SyntheticConfig, generate_sample, split_of
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow,

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from flows.schedule import WATCH_TAG
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.lock import read_lock
 from pipeline.prepare import load_prepare_config
-from pipeline.versioning import read_lock
 
 PROJECT = Path(__file__).resolve().parents[2]
 SMALL = ["source.n=48", "shard_size=12", "graphs.k=4", "graphs.backend=exact", "noise.variants=[sym-0.30]",

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import action_units as au
-from pipeline.constants import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
-from pipeline.errors import BackendMissingError, ConfigError
+from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
+from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.stages import action_units as au
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROWS = FIXTURES / "openface_rows.csv"            # header + 5 rows of OpenFace's own test output
@@ -96,7 +96,7 @@ def test_missing_openface_binary_names_the_config_key(monkeypatch):
 @functools.lru_cache(maxsize=1)
 def _neutral_points():
     """A neutral face: the stored calibration's reference is built from such points; use the synthetic one."""
-    synthetic = pytest.importorskip("pipeline.synthetic")
+    synthetic = pytest.importorskip("pipeline.synthetic.generator")
     config = synthetic.SyntheticConfig(n=14, seed=5, num_classes=7, blend_share=0.0)
     samples = [synthetic.generate_sample(config, i) for i in range(config.n)]
     return samples

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from pipeline import align
-from pipeline.errors import ConfigError
+from pipeline import geometry as align
+from pipeline.contract.errors import ConfigError
 
 
 def _similarity(scale, degrees, tx, ty):

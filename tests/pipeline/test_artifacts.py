@@ -5,12 +5,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.artifacts import (
-    QuarantineRow, append_quarantine, graph_table, labels_table, read_graph, read_metadata, read_table,
-    samples_schema, vectors_to_arrow, vectors_to_numpy, write_table,
+from pipeline.contract.crops import create_crop_store, open_crops, read_valid_mask, write_valid_mask
+from pipeline.contract.errors import ArtifactError
+from pipeline.contract.graphs import graph_table, read_graph
+from pipeline.contract.tables import (
+    QuarantineRow,
+    append_quarantine,
+    labels_table,
+    read_metadata,
+    read_table,
+    samples_schema,
+    vectors_to_arrow,
+    vectors_to_numpy,
+    write_table,
 )
-from pipeline.crops import create_crop_store, open_crops, read_valid_mask, write_valid_mask
-from pipeline.errors import ArtifactError
 
 
 def test_vectors_round_trip_with_nulls():

@@ -7,16 +7,16 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from pipeline import align
-from pipeline.artifacts import vectors_to_arrow, vectors_to_numpy
-from pipeline.detect import FACES_SCHEMA, AlignConfig, detect_align_shard, pick_face
-from pipeline.errors import BackendMissingError, ConfigError
+from pipeline import geometry as align
+from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.contract.tables import vectors_to_arrow, vectors_to_numpy
+from pipeline.stages.faces import FACES_SCHEMA, AlignConfig, detect_align_shard, pick_face
 
 
 def _astronaut_points(image):
     """Reference 68 points of the untransformed astronaut (dlib on its HOG box)."""
 
-    from pipeline.dlib_models import hog_detector, shape_predictor
+    from pipeline.models.dlib_models import hog_detector, shape_predictor
 
     rects, scores, _ = hog_detector().run(image, 1, 0.0)
     rect = rects[int(np.argmax(scores))]

@@ -5,24 +5,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from pipeline import artifacts
-from pipeline.errors import ConfigError, DataError
-from pipeline.graphs import (
+from pipeline.contract import tables as artifacts
+from pipeline.contract.errors import ConfigError, DataError
+from pipeline.contract.graphs import graph_path, read_graph, write_graph
+from pipeline.knn import KnnConfig, clustered_points
+from pipeline.stages.graphs import (
     GraphConfig,
     build_and_write_space,
     build_space_graph,
-    graph_path,
     label_agreement,
-    load_graph_tensors,
     procrustes_normalise,
     similarity_from_distances,
     space_features,
     with_knn,
-    write_graph,
 )
-from pipeline.knn import KnnConfig, clustered_points
 
 EXACT2 = GraphConfig(knn=KnnConfig(k=2, backend="exact"), sigma={"line": "auto", "fixed": 2.0})
 LINE = np.array([[0.0], [1.0], [3.0], [6.0]], dtype=np.float32)
@@ -73,12 +70,13 @@ def test_parquet_round_trip_keeps_dtypes_and_metadata(tmp_path):
     for key in ("space", "K", "metric", "sigma", "backend", "backend_params", "build_seconds", "recall_at_k"):
         assert stored[key] == meta[key]
     assert stored["recall_at_k"] == 1.0 and stored["recall_queries"] == 600
-    neighbors, similarity = load_graph_tensors(path)
-    assert neighbors.dtype == torch.int64 and similarity.dtype == torch.float32
-    assert neighbors.shape == similarity.shape == (600, 8)
-    np.testing.assert_array_equal(neighbors.numpy(), artifacts.vectors_to_numpy(table.column("neighbors")))
-    graph = artifacts.read_graph(path)
-    np.testing.assert_array_equal(graph.similarity, similarity.numpy())
+    light = read_graph(path, with_distances=False)
+    assert light.neighbors.dtype == np.int64 and light.similarity.dtype == np.float32
+    assert light.neighbors.shape == light.similarity.shape == (600, 8) and light.distances is None
+    np.testing.assert_array_equal(light.neighbors, artifacts.vectors_to_numpy(table.column("neighbors")))
+    graph = read_graph(path)
+    np.testing.assert_array_equal(graph.similarity, light.similarity)
+    np.testing.assert_array_equal(graph.distances, artifacts.vectors_to_numpy(table.column("distances")))
 
 
 def test_label_agreement_by_hand():
@@ -165,5 +163,5 @@ def test_build_and_write_space_from_a_version_folder(tmp_path):
     assert stored["n_rows"] == 29 and stored["splits"] == ["train"] and stored["sigma"] == 68.0
     assert set(stored["label_agreement"]["per_class"]) <= {"neutral", "happiness", "sadness", "surprise",
                                                            "fear", "disgust", "anger"}
-    graph = artifacts.read_graph(path)
+    graph = read_graph(path)
     assert set(graph.neighbors.ravel()) <= set(graph.sample_id)     # neighbours are train sample ids

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import BackendMissingError, ConfigError
-from pipeline.hrnet import HRNetW18, decode_heatmaps, load_hrnet, predict  # predict: CPU path in test_landmarks
+from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.models.hrnet import HRNetW18, decode_heatmaps, load_hrnet, predict  # predict: CPU path in test_landmarks
 
 torch.set_num_threads(2)
 

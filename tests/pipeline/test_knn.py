@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.errors import BackendMissingError, ConfigError, DataError
+from pipeline.contract.errors import BackendMissingError, ConfigError, DataError
 from pipeline.knn import KnnConfig, build_knn_graph, clustered_points, exact_knn, recall_at_k, row_distances
 
 

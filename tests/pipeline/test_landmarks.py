@@ -4,14 +4,20 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline import align
-from pipeline.artifacts import vectors_to_arrow
-from pipeline.detect import AlignConfig, detect_dlib
-from pipeline.errors import BackendMissingError, ConfigError
-from pipeline.landmarks import (LandmarkConfig, fan_input_transform, hrnet_input_transform, landmarks_schema,
-                                landmarks_shard, points_from_table)
+from pipeline import geometry as align
+from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.contract.tables import vectors_to_arrow
+from pipeline.stages.faces import AlignConfig, detect_dlib
+from pipeline.stages.landmarks import (
+    LandmarkConfig,
+    fan_input_transform,
+    hrnet_input_transform,
+    landmarks_schema,
+    landmarks_shard,
+    points_from_table,
+)
 
-synthetic = pytest.importorskip("pipeline.synthetic")
+synthetic = pytest.importorskip("pipeline.synthetic.generator")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +82,7 @@ def test_aflw19_layout_end_to_end(synthetic_crops):
 
 
 def test_hrnet_backend_with_a_random_weight_checkpoint(tmp_path):
-    from pipeline.hrnet import HRNetW18
+    from pipeline.models.hrnet import HRNetW18
 
     torch.manual_seed(0)
     torch.save(HRNetW18(19).state_dict(), tmp_path / "HR18-AFLW-random.pth")
@@ -85,7 +91,7 @@ def test_hrnet_backend_with_a_random_weight_checkpoint(tmp_path):
     table, quarantine = landmarks_shard(crops, [7], config, progress=False)
     assert table.schema.equals(landmarks_schema(19), check_metadata=False) and quarantine == []
     assert table.column("backend").to_pylist() == ["hrnet"]
-    points = points_from_table(table)                       # fp32 CPU path of pipeline.hrnet.predict
+    points = points_from_table(table)                       # fp32 CPU path of pipeline.models.hrnet.predict
     assert points.dtype == np.float32 and points.shape == (1, 19, 2) and np.all(np.isfinite(points))
 
 

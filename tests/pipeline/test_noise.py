@@ -5,10 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import artifacts
-from pipeline.constants import CANONICAL_CLASSES
-from pipeline.errors import ConfigError, DataError
-from pipeline.noise import (
+from pipeline.contract import tables as artifacts
+from pipeline.contract.classes import CANONICAL_CLASSES
+from pipeline.contract.errors import ConfigError, DataError
+from pipeline.stages.noise import (
     NoiseConfig,
     NoiseVariant,
     asymmetric_targets,

@@ -11,20 +11,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.artifacts import (
-    QuarantineRow,
-    graph_table,
-    quarantine_table,
-    samples_schema,
-    vectors_to_arrow,
-    write_table,
-)
-from pipeline.constants import CLASSES_7
-from pipeline.crops import create_crop_store, write_valid_mask
-from pipeline.graphs import label_agreement
-from pipeline.noise import make_noisy_labels, write_noisy_labels
-from pipeline.report import REPORT_FILE, SECTIONS, build_report
-from pipeline.report_sections import neighbour_agreement
+from pipeline.contract.classes import CLASSES_7
+from pipeline.contract.crops import create_crop_store, write_valid_mask
+from pipeline.contract.graphs import graph_table
+from pipeline.contract.tables import QuarantineRow, quarantine_table, samples_schema, vectors_to_arrow, write_table
+from pipeline.report.build import REPORT_FILE, SECTIONS, build_report
+from pipeline.report.sections import neighbour_agreement
+from pipeline.stages.graphs import label_agreement
+from pipeline.stages.noise import make_noisy_labels, write_noisy_labels
 
 N = 40
 SPLITS = ["train"] * 28 + ["val"] * 6 + ["test"] * 6
@@ -161,7 +155,7 @@ def test_report_numbers_match_the_tables(tiny_report):
 
 
 def test_graph_agreement_matches_a_direct_count(tiny_version, tiny_report):
-    from pipeline.artifacts import read_graph
+    from pipeline.contract.graphs import read_graph
 
     graph = read_graph(tiny_version / "graphs" / "au.parquet")
     pairs = [(LABELS[i], LABELS[j]) for i, row in zip(graph.sample_id, graph.neighbors) for j in row]
@@ -172,7 +166,7 @@ def test_graph_agreement_matches_a_direct_count(tiny_version, tiny_report):
         assert per_class[c] == pytest.approx(np.mean([b == c for a, b in pairs if a == c]))
     assert shares == pytest.approx(np.bincount(LABELS[graph.sample_id], minlength=7) / len(graph.sample_id))
     html = tiny_report
-    # the metadata's value (pipeline.graphs.label_agreement) and the report's own count, side by side
+    # the metadata's value (pipeline.stages.graphs.label_agreement) and the report's own count, side by side
     assert f"<td class='num'>{expected:.4g}</td><td class='num'>{expected:.4g}</td>" in html
     assert _row("au", "34", "3", "euclidean", "1", "config", "exact", "0.01", "1", "34") in html
 
@@ -191,7 +185,7 @@ def test_only_samples_still_renders_with_notes(tiny_version, tmp_path):
 
 
 def test_missing_samples_is_a_clear_error(tmp_path):
-    from pipeline.errors import ArtifactError
+    from pipeline.contract.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="samples.parquet is missing"):
         build_report(tmp_path)

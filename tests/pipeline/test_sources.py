@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.artifacts import read_metadata, read_table, vectors_to_numpy
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.tables import read_metadata, read_table, vectors_to_numpy
 from pipeline.sources import prepare_source
 from pipeline.sources.__main__ import main as sources_cli
 from pipeline.sources.ferplus import decode_pixels

@@ -10,12 +10,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.constants import AU_INTENSITY_NAMES, CANONICAL_CLASSES
-from pipeline.errors import ConfigError
-from pipeline.synthetic import SYNTHETIC_VERSION, SyntheticConfig, generate, generate_sample, split_of
+from pipeline.contract.classes import AU_INTENSITY_NAMES, CANONICAL_CLASSES
+from pipeline.contract.errors import ConfigError
+from pipeline.synthetic.generator import SYNTHETIC_VERSION, SyntheticConfig, generate, generate_sample, split_of
 
 SMALL = SyntheticConfig(n=16, size=96, seed=5, num_classes=8)
-HOG_SCORE_THRESHOLD = 0.5  # as pipeline.detect: dlib HOG gives low-score false positives below ~0.5
+HOG_SCORE_THRESHOLD = 0.5  # as pipeline.stages.faces: dlib HOG gives low-score false positives below ~0.5
 
 
 def _assert_same(a, b) -> None:
@@ -122,7 +122,7 @@ def test_split_is_about_80_20_per_class():
 
 def test_mesh_never_folds():
     """Across classes, blends, identities and full intensity no warp triangle turns over."""
-    from pipeline import synthetic
+    from pipeline.synthetic import generator as synthetic
 
     ref = synthetic._reference()
     tri = ref.triangles
@@ -167,7 +167,7 @@ def _procrustes(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def measured():
     """400 images (8 classes, 50 each) with dlib's best HOG box (upsample 0) and its 68 points."""
-    from pipeline.dlib_models import hog_detector, shape_predictor
+    from pipeline.models.dlib_models import hog_detector, shape_predictor
 
     config = SyntheticConfig(n=400, size=256, seed=2024, num_classes=8)
     rows = []

@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from pipeline.errors import ArtifactError, ConfigError
-from pipeline.hashing import HashCache, hash_file
-from pipeline.versioning import canonical_json, fingerprint, read_lock, write_lock
+from pipeline.contract.errors import ArtifactError, ConfigError
+from pipeline.contract.lock import read_lock, write_lock
+from pipeline.store.fingerprint import canonical_json, fingerprint
+from pipeline.store.hashing import HashCache, hash_file
 
 
 def test_fingerprint_is_stable_and_sensitive():

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.benchmark import build_plan, flatten, load_benchmark_file, main, parse_args
 
 

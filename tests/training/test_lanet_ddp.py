@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         from training.methods import DataInfo, StepInfo
-        from training.methods.lanet import LANet, LANetConfig
+        from training.methods.lanet.method import LANet, LANetConfig
 
         labels = torch.arange(NUM_TRAIN) % NUM_CLASSES
         info = DataInfo(num_classes=NUM_CLASSES, num_train=NUM_TRAIN, class_counts=(3, 3, 2, 2, 2, 2, 2),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import read_table
+from pipeline.contract.tables import read_table
 from training.checkpoint import load_checkpoint
 from training.config import CONFIGS_DIR, resolve_config
 from training.engine import fit, setup, train_one_epoch
-from training.methods.lanet_diagnostics import TARGETS_DIR
+from training.methods.lanet.diagnostics import TARGETS_DIR
 
 STATE_KEYS = ("lde.targets", "bank.expression_keys", "bank.landmark_keys", "bank.labels", "bank.confident",
               "bank.ids", "bank.pointer", "seen_sample_ids", "seen_clean_labels")

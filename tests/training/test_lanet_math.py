@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from training.methods.lanet_diagnostics import flipped_recovery, jensen_shannon, vote_divergence
-from training.methods.lanet_el import MemoryBank, contrastive_loss, momentum_update, pseudo_labels, same_group_mask
-from training.methods.lanet_landmarks import (
+from training.methods.lanet.diagnostics import flipped_recovery, jensen_shannon, vote_divergence
+from training.methods.lanet.el import MemoryBank, contrastive_loss, momentum_update, pseudo_labels, same_group_mask
+from training.methods.lanet.landmarks import (
     AFLW19_FROM_IBUG68,
     adaptive_wing_loss,
     aflw19_from_ibug68,
@@ -17,7 +17,7 @@ from training.methods.lanet_landmarks import (
     heatmap_weight_map,
     regression_loss,
 )
-from training.methods.lanet_lde import (
+from training.methods.lanet.lde import (
     ContributionScorer,
     LabelDistributionEstimator,
     aggregate_distributions,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import read_table, vectors_to_numpy
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.tables import read_table, vectors_to_numpy
 from training.methods import DataInfo, StepInfo, method_class
-from training.methods.lanet import ABLATION_PRESETS, LANet, LANetConfig
-from training.methods.lanet_diagnostics import targets_path
+from training.methods.lanet.diagnostics import targets_path
+from training.methods.lanet.method import ABLATION_PRESETS, LANet, LANetConfig
 
 NUM_TRAIN, NUM_CLASSES, POINTS, SIDE = 24, 7, 68, 32
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.methods.ldlva import (
     CalibrationNet,
     LdlvaConfig,

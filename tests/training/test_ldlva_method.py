@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.methods import DataInfo, StepInfo, method_class
 from training.methods.ldlva import LdlvaConfig
 from training.samplers import group_members

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.methods.soft import (
     SoftConfig,
     consistency_kl,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.methods import DataInfo, StepInfo, method_class
 from training.methods.soft import SoftConfig, SoftMethod
 

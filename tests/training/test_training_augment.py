@@ -4,14 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.augment import (
-    FLIP_MAPS,
-    AugmentConfig,
-    crop_flip,
-    finish_images,
-    move_landmarks,
-    sample_params,
-)
+from training.augment import FLIP_MAPS, AugmentConfig, crop_flip, finish_images, move_landmarks, sample_params
 
 
 def test_flip_maps_are_involutions_with_known_pairs():

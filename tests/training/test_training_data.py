@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import read_graph
-from pipeline.errors import ArtifactError
+from pipeline.contract.errors import ArtifactError
+from pipeline.contract.graphs import read_graph
 from training.augment import AugmentConfig
 from training.data import PreparedVersion
 from training.loader import SplitDataset, check_needs, to_device

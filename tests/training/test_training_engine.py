@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.checkpoint import load_checkpoint
 from training.config import resolve_config
 from training.engine import fit, lr_factor

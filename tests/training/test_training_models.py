@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
 from training.models import build_backbone, remap_state_dict
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.artifacts import read_graph
-from pipeline.errors import ConfigError
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.graphs import read_graph
 from training.data import PreparedVersion
 from training.samplers import (
     BalancedSampler,

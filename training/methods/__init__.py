@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from .base import DataInfo, Method, StepInfo, method_class, method_names, register_method
+from training.methods.base import DataInfo, Method, StepInfo, method_class, method_names, register_method
 
 log = logging.getLogger(__name__)
 

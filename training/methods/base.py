@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import build_backbone
-from .base import DataInfo, Method, StepInfo, register_method
+from training.methods.base import DataInfo, Method, StepInfo, register_method
+from training.models import build_backbone
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import build_backbone
-from .base import DataInfo, Method, StepInfo, register_method
+from training.methods.base import DataInfo, Method, StepInfo, register_method
+from training.models import build_backbone
 
 ROLE_CENTRE, ROLE_AU, ROLE_LANDMARK = 0, 1, 2
 
@@ -71,7 +71,7 @@ class LdlAlsg(Method):
         names = {"au": ROLE_AU, "landmarks": ROLE_LANDMARK}
         unknown = [s for s in config.spaces if s not in names]
         if unknown:
-            from pipeline.errors import ConfigError, choices_message
+            from pipeline.contract.errors import ConfigError, choices_message
             raise ConfigError(choices_message("ldl_alsg space", unknown[0], sorted(names)))
         self.roles = tuple(names[s] for s in config.spaces)
 

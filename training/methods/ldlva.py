@@ -50,10 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError, choices_message
-
-from .. import distributed as ddp
-from .base import DataInfo, Method, StepInfo, register_method
+from pipeline.contract.errors import ConfigError, choices_message
+from training import distributed as ddp
+from training.methods.base import DataInfo, Method, StepInfo, register_method
 
 log = logging.getLogger(__name__)
 

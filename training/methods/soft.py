@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError, choices_message
-
-from .base import DataInfo, Method, StepInfo, register_method
+from pipeline.contract.errors import ConfigError, choices_message
+from training.methods.base import DataInfo, Method, StepInfo, register_method
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The artefact contract: Parquet schemas of every table, and their writers and readers.
+"""Parquet tables of the artefact contract: names, schemas, writers and readers.
 
-This is the only pipeline module the trainer imports. Fixed-length vectors are stored as
+The trainer reads artefacts only through `pipeline.contract`. Fixed-length vectors are stored as
 `fixed_size_list<float32>[D]` so a column loads into an [N, D] array without Python loops.
 Writes are atomic (temp file + rename), so a killed run never leaves a half-written table.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ArtifactError
+from pipeline.contract.errors import ArtifactError
 
 SCHEMA_VERSION = "1"
 
@@ -182,75 +182,7 @@ def check_columns(table: pa.Table, required: list[str], what: str) -> None:
         raise ArtifactError(f"{what} lacks columns {missing}; it has {table.column_names}")
 
 
-# --- index-similarity lists (graphs/<space>.parquet) and noisy labels (labels/<variant>.parquet) ---
-
-def graph_schema(k: int) -> pa.Schema:
-    return pa.schema([
-        ("sample_id", pa.int64()),
-        ("neighbors", vector_type(k, pa.int32())),
-        ("distances", vector_type(k)),
-        ("similarity", vector_type(k)),
-    ])
-
-
-def graph_table(sample_ids: np.ndarray, neighbors: np.ndarray, distances: np.ndarray,
-                similarity: np.ndarray) -> pa.Table:
-    """[N] ids and [N, K] arrays -> a table in graph_schema(K). Neighbours are sample ids."""
-    k = neighbors.shape[1]
-    return pa.table({
-        "sample_id": pa.array(np.asarray(sample_ids, dtype=np.int64)),
-        "neighbors": vectors_to_arrow(neighbors, pa.int32()),
-        "distances": vectors_to_arrow(distances),
-        "similarity": vectors_to_arrow(similarity),
-    }, schema=graph_schema(k))
-
-
-@dataclass(frozen=True)
-class GraphArrays:
-    """A graph read back: rows follow `sample_id`; neighbours are sample ids."""
-
-    sample_id: np.ndarray    # [N] int64
-    neighbors: np.ndarray    # [N, K] int64
-    distances: np.ndarray    # [N, K] float32
-    similarity: np.ndarray   # [N, K] float32
-    metadata: dict
-
-
-def read_graph(path: str | Path) -> GraphArrays:
-    """Load graphs/<space>.parquet into numpy arrays without Python loops."""
-    table = read_table(path)
-    check_columns(table, graph_schema(1).names, f"graph {path}")
-    return GraphArrays(
-        sample_id=table.column("sample_id").to_numpy(),
-        neighbors=vectors_to_numpy(table.column("neighbors")).astype(np.int64),
-        distances=vectors_to_numpy(table.column("distances")),
-        similarity=vectors_to_numpy(table.column("similarity")),
-        metadata=read_metadata(path),
-    )
-
-
-def read_graph_tensors(path: str | Path):
-    """Load only neighbours and similarities of graphs/<space>.parquet as torch tensors, fast.
-
-    Returns (sample_id [N] int64, neighbors [N, K] int64, similarity [N, K] float32); neighbours
-    are sample ids. torch is imported here so this module stays importable without it.
-    """
-    import torch
-
-    wanted = ["sample_id", "neighbors", "similarity"]
-    if not Path(path).is_file():
-        raise ArtifactError(f"artefact not found: {path}")
-    missing = [c for c in wanted if c not in pq.read_schema(path).names]
-    if missing:
-        raise ArtifactError(f"graph {path} lacks columns {missing}")
-    table = read_table(path, columns=wanted)
-    neighbors = vectors_to_numpy(table.column("neighbors"))                # [N, K] int32
-    similarity = vectors_to_numpy(table.column("similarity"))              # [N, K] float32
-    sample_id = table.column("sample_id").to_numpy()                       # [N] int64
-    return (torch.from_numpy(np.array(sample_id, copy=True)),
-            torch.from_numpy(neighbors.astype(np.int64)),
-            torch.from_numpy(np.array(similarity, copy=True)))
-
+# --- noisy labels (labels/<variant>.parquet) ---
 
 LABELS_SCHEMA = pa.schema([
     ("sample_id", pa.int64()), ("label", pa.int8()), ("clean_label", pa.int8()), ("flipped", pa.bool_()),

@@ -8,8 +8,8 @@ Per step, on a batch (x, x', y, landmarks) gathered across DDP ranks where noted
     L_kl = KL(d || softmax(logits))                              (eq. 7)
     L_el = L1(q^u; k^v, bank^v) + L2(q^v; k^u, bank^u)           keys from momentum encoders on x' (eq. 11-13)
     L = L_ce + L_lm + alpha L_kl + beta L_el                     alpha 1.0, beta 0.1
-The pieces live in lanet_lde.py (LDE), lanet_el.py (EL loss, memory bank, momentum encoders),
-lanet_landmarks.py (L_lm heads) and lanet_diagnostics.py (per-epoch files and numbers).
+The pieces live in lde.py (LDE), el.py (EL loss, memory bank, momentum encoders),
+landmarks.py (L_lm heads) and diagnostics.py (per-epoch files and numbers).
 
 Paper defaults; official-code variants as options: `landmark_head: heatmap` (19 AFLW points, Gaussian
 heatmaps, adaptive wing loss; the official landmark branch also shares the ResNet stem and layer1 with the
@@ -29,12 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 from training.distributed import gather_cat, gather_cat_with_grad, rank
-
-from .base import DataInfo, Method, StepInfo, register_method
-from .lanet_diagnostics import flipped_recovery, targets_path, vote_divergence, write_target_distributions
-from .lanet_el import (
+from training.methods.base import DataInfo, Method, StepInfo, register_method
+from training.methods.lanet.diagnostics import (
+    flipped_recovery,
+    targets_path,
+    vote_divergence,
+    write_target_distributions,
+)
+from training.methods.lanet.el import (
     MemoryBank,
     ProjectionHead,
     expression_landmark_loss,
@@ -43,8 +47,8 @@ from .lanet_el import (
     pseudo_labels,
     same_group_mask,
 )
-from .lanet_lde import LabelDistributionEstimator, kl_to_targets
-from .lanet_parts import LandmarkBranch, build_backbone, local_rows
+from training.methods.lanet.lde import LabelDistributionEstimator, kl_to_targets
+from training.methods.lanet.parts import LandmarkBranch, build_backbone, local_rows
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .artifacts import QuarantineRow, vector_type, vectors_to_arrow
-from .constants import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
-from .errors import BackendMissingError, ConfigError, FerError, choices_message
+from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
+from pipeline.contract.errors import BackendMissingError, ConfigError, FerError, choices_message
+from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class EstimateCalibration:
     source: str = "geometry"
 
 
-# Calibrated by bench/calibrate_au_estimates.py on pipeline.synthetic (see bench/results/au_calibration.json).
+# Calibrated by bench/calibrate_au_estimates.py on pipeline.synthetic.generator (see bench/results/au_calibration.json).
 CALIBRATION = EstimateCalibration(
     neutral=(0.3362, 0.29593, 0.45783, 0.07349, -0.0566, 0.13009, -0.26629, 0.80326, -0.0, 0.15825, 0.3901, 0.67356, 1.67893),
     scales={

@@ -1,7 +1,7 @@
 """Canonical class names and action-unit names shared by every stage and the trainer."""
 from __future__ import annotations
 
-from .errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 
 # Canonical expression classes in index order (DESIGN.md). 7-class sets drop contempt.
 CANONICAL_CLASSES: tuple[str, ...] = (

@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from . import align
-from .artifacts import QuarantineRow, vectors_to_arrow, vectors_to_numpy
-from .errors import BackendMissingError, ConfigError, choices_message
+from pipeline import geometry as align
+from pipeline.contract.errors import BackendMissingError, ConfigError, choices_message
+from pipeline.contract.tables import QuarantineRow, vectors_to_arrow, vectors_to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def landmarks_schema(num_points: int) -> pa.Schema:
 
 
 def _device(name: str) -> str:
-    from .detect import resolve_device
+    from pipeline.stages.faces import resolve_device
 
     return resolve_device(name)
 
@@ -87,7 +87,7 @@ def check_backend(config: LandmarkConfig) -> None:
         if not Path(config.fan_checkpoint).is_file():
             raise BackendMissingError(f"LandmarkConfig.fan_checkpoint {config.fan_checkpoint!r} is not a file")
     elif config.backend == "dlib":
-        from .dlib_models import shape_predictor
+        from pipeline.models.dlib_models import shape_predictor
 
         shape_predictor()
 
@@ -107,7 +107,7 @@ def dlib_landmarks(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """dlib 68 points on the template face box of each crop: ([B, 68, 2], [B])."""
     import dlib
 
-    from .dlib_models import shape_predictor
+    from pipeline.models.dlib_models import shape_predictor
 
     predictor = shape_predictor()
     size = crops.shape[1]
@@ -124,7 +124,7 @@ def dlib_landmarks(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=2)
 def _hrnet_model(checkpoint: str):
-    from .hrnet import load_hrnet
+    from pipeline.models.hrnet import load_hrnet
 
     return load_hrnet(checkpoint)
 
@@ -132,7 +132,7 @@ def _hrnet_model(checkpoint: str):
 def hrnet_input_transform(size: int) -> np.ndarray:
     """2x3 crop -> HRNet input (256 px): the template face box fills 1/1.25 of the input, as in the official
     training crops (box scale x 1.25 around its centre)."""
-    from .hrnet import INPUT_SIZE
+    from pipeline.models.hrnet import INPUT_SIZE
 
     x, y, w, h = align.template_box(size)
     scale = INPUT_SIZE / (1.25 * max(w, h))
@@ -143,7 +143,7 @@ def hrnet_input_transform(size: int) -> np.ndarray:
 
 def hrnet_landmarks(crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
     """HRNetV2-W18 points: ([B, P, 2] crop pixels, [B] mean heatmap peak)."""
-    from .hrnet import INPUT_SIZE, predict
+    from pipeline.models.hrnet import INPUT_SIZE, predict
 
     model = _hrnet_model(str(config.hrnet_checkpoint))
     to_input = hrnet_input_transform(crops.shape[1])
@@ -191,8 +191,8 @@ def fan_landmarks(crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray
     """2D-FAN points: ([B, 68, 2], [B] mean heatmap peak); batched on the configured device."""
     import torch
 
-    from .align import invert_transform, map_points, warp_crop
-    from .hrnet import decode_heatmaps
+    from pipeline.geometry import invert_transform, map_points, warp_crop
+    from pipeline.models.hrnet import decode_heatmaps
 
     device = _device(config.device)
     model = _fan_model(str(config.fan_checkpoint), device)

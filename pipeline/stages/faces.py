@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from . import align
-from .artifacts import QuarantineRow, vector_type, vectors_to_arrow, vectors_to_numpy
-from .errors import BackendMissingError, ConfigError, choices_message
+from pipeline import geometry as align
+from pipeline.contract.errors import BackendMissingError, ConfigError, choices_message
+from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow, vectors_to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _hog_boxes(image: np.ndarray, config: AlignConfig) -> tuple[np.ndarray, np.n
     """dlib HOG on a downscaled copy: ([F, 4] boxes in `image` pixels, [F] scores) above the threshold."""
     import cv2
 
-    from .dlib_models import hog_detector
+    from pipeline.models.dlib_models import hog_detector
 
     height, width = image.shape[:2]
     factor = min(1.0, config.detect_max_side / max(height, width))
@@ -125,7 +125,7 @@ def _dlib_points(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """dlib's 68 points [68, 2] for one [x, y, w, h] box."""
     import dlib
 
-    from .dlib_models import shape_predictor
+    from pipeline.models.dlib_models import shape_predictor
 
     x, y, w, h = (int(round(v)) for v in box)
     shape = shape_predictor()(image, dlib.rectangle(x, y, x + w - 1, y + h - 1))
@@ -140,7 +140,7 @@ def _upright_refine(image: np.ndarray, points: np.ndarray, config: AlignConfig) 
     """
     import dlib
 
-    from .dlib_models import shape_predictor
+    from pipeline.models.dlib_models import shape_predictor
 
     size = config.crop_size
     transform = align.transform_from_points(points, size)
@@ -241,7 +241,7 @@ def require_fan_detector(checkpoint: str | None) -> None:
                                   "face-alignment's SFD weights (s3fd-619a316812.pth)")
     if not Path(checkpoint).is_file():
         raise BackendMissingError(f"AlignConfig.fan_detector_checkpoint {checkpoint!r} is not a file")
-    from .errors import require_package
+    from pipeline.contract.errors import require_package
 
     require_package("face_alignment", "face-alignment", "make setup-gpu")
 
@@ -332,7 +332,7 @@ def check_backend(config: AlignConfig) -> None:
     if config.detector == "fan":
         require_fan_detector(config.fan_detector_checkpoint)
     if config.detector == "dlib" or config.refine_with_landmarks and config.detector == "fan":
-        from .dlib_models import hog_detector, shape_predictor
+        from pipeline.models.dlib_models import hog_detector, shape_predictor
 
         hog_detector()
         if config.refine_with_landmarks:

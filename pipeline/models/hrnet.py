@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import BackendMissingError, ConfigError
+from pipeline.contract.errors import BackendMissingError, ConfigError
 
 log = logging.getLogger(__name__)
 

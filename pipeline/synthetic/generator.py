@@ -25,9 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import AU_INTENSITY_NAMES, CANONICAL_CLASSES
-from .errors import ConfigError, DataError
-from .synthetic_render import apply_affine, background, head_polygons, paint_mouth, shade, soft_mask, warp_mesh
+from pipeline.contract.classes import AU_INTENSITY_NAMES, CANONICAL_CLASSES
+from pipeline.contract.errors import ConfigError, DataError
+from pipeline.synthetic.render import (
+    apply_affine,
+    background,
+    head_polygons,
+    paint_mouth,
+    shade,
+    soft_mask,
+    warp_mesh,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +168,7 @@ def _extra_points() -> np.ndarray:
 
 def _astronaut_landmarks(image: np.ndarray) -> np.ndarray:
     """dlib's 68 points on the astronaut, from the best detection scoring above 0.5."""
-    from .dlib_models import hog_detector, shape_predictor
+    from pipeline.models.dlib_models import hog_detector, shape_predictor
 
     boxes, scores, _ = hog_detector().run(image, 0, 0.0)
     kept = [(s, b) for s, b in zip(scores, boxes) if s > 0.5]
@@ -349,7 +357,7 @@ def generate_sample(config: SyntheticConfig, index: int) -> SyntheticSample:
     if not expr.teeth:
         gap = float(np.mean(face[[67, 66, 65], 1] - face[[61, 62, 63], 1]))
         warped = paint_mouth(warped, marks, gap, scale, ref.lip_colour)
-    fore = shade(warped, gain, config, rng)  # [H, W, 3]
+    fore = shade(warped, gain, config.size, config.lighting, rng)  # [H, W, 3]
     alpha = soft_mask(config.size, head_polygons(placement), 0.05 * scale)[..., None]  # [H, W, 1]
     image = fore * alpha + background(config.size, rng) * (1 - alpha)  # [H, W, 3]
     image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0, config.noise)

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import BackendMissingError, require_package
+from pipeline.contract.errors import BackendMissingError, require_package
 
 SHAPE_PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 

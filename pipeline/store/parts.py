@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .artifacts import read_table, write_table
-from .errors import ArtifactError
+from pipeline.contract.errors import ArtifactError
+from pipeline.contract.tables import read_table, write_table
 
 PART_PREFIX = "part-"
 PART_QUARANTINE_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string()), ("detail", pa.string())])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 
 STAGE_VERSION = "1.0.0"
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
-
-from .lanet_landmarks import (
+from pipeline.contract.errors import ConfigError
+from training.methods.lanet.landmarks import (
     HeatmapHead,
     LandmarkRegressionHead,
     aflw19_from_ibug68,

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.artifacts import vectors_to_arrow, write_table
+from pipeline.contract.tables import vectors_to_arrow, write_table
 
 STAGE_VERSION = "1.0.0"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import artifacts
-from .constants import CANONICAL_CLASSES, class_names
-from .errors import ConfigError, DataError, choices_message
+from pipeline.contract import tables as artifacts
+from pipeline.contract.classes import CANONICAL_CLASSES, class_names
+from pipeline.contract.errors import ConfigError, DataError, choices_message
 
 log = logging.getLogger(__name__)
 

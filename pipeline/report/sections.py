@@ -1,6 +1,6 @@
-"""Sections of the per-version report (pipeline.report): each reads its table(s) and returns HTML.
+"""Sections of the per-version report (pipeline.report.build): each reads its table(s) and returns HTML.
 
-Every section takes a `pipeline.report.VersionData` and returns an HTML fragment; a missing table
+Every section takes a `pipeline.report.data.VersionData` and returns an HTML fragment; a missing table
 gives a short note instead. Numbers shown are computed here from the tables themselves (for example
 the realised noise transition matrix from label/clean_label, neighbour label agreement from the
 graph's neighbours and the samples' clean labels), next to what the files' metadata records.
@@ -12,15 +12,15 @@ import re
 from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import noise
-from . import report_plots as plots
-from .artifacts import (
+from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
+from pipeline.contract.crops import INDEX_FILE, open_crops, read_valid_mask
+from pipeline.contract.graphs import read_graph
+from pipeline.contract.tables import (
     ACTION_UNITS,
     CROPS_DIR,
     FACE_STATUSES,
@@ -29,16 +29,13 @@ from .artifacts import (
     LABELS_DIR,
     LANDMARKS,
     QUARANTINE,
-    read_graph,
     read_metadata,
     read_table,
     vectors_to_numpy,
 )
-from .constants import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
-from .crops import INDEX_FILE, open_crops, read_valid_mask
-
-if TYPE_CHECKING:
-    from .report import VersionData
+from pipeline.report import plots
+from pipeline.report.data import VersionData, labels_lookup
+from pipeline.stages import noise
 
 CROPS_PER_CLASS = 4
 CROP_SEED = 0
@@ -251,7 +248,7 @@ def action_units_section(data: VersionData) -> str:
 # --- noisy-label variants --------------------------------------------------------------------------
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
-MATRIX_KEYS = ("given_transition",)     # pipeline/noise.py: the user-given matrix of a 'trans' variant
+MATRIX_KEYS = ("given_transition",)     # pipeline/stages/noise.py: the user-given matrix of a 'trans' variant
 
 
 def realised_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:
@@ -332,7 +329,7 @@ def noise_section(data: VersionData) -> str:
 
 # --- neighbour graphs ------------------------------------------------------------------------------
 
-GRAPH_KEYS = {            # column -> metadata keys written by pipeline/graphs.py (older spellings after)
+GRAPH_KEYS = {            # column -> metadata keys written by pipeline/stages/graphs.py (older spellings after)
     "K": ("K", "k"), "metric": ("metric",), "sigma": ("sigma",), "sigma mode": ("sigma_mode",),
     "backend": ("backend",), "build (s)": ("build_seconds",), "recall@K": ("recall_at_k", "recall"),
     "recall queries": ("recall_queries",), "agreement (metadata)": ("label_agreement",),
@@ -345,13 +342,6 @@ def _meta_value(metadata: dict, names: Sequence[str]) -> object:
             value = metadata[name]
             return value.get("overall") if isinstance(value, dict) else value
     return None
-
-
-def labels_lookup(labels_by_id: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Labels of `ids` (any shape) from a by-id array; -1 for ids outside it."""
-    ids = np.asarray(ids, dtype=np.int64)
-    inside = (ids >= 0) & (ids < len(labels_by_id))
-    return np.where(inside, labels_by_id[np.clip(ids, 0, max(len(labels_by_id) - 1, 0))], -1)
 
 
 def neighbour_agreement(labels_by_id: np.ndarray, sample_ids: np.ndarray, neighbors: np.ndarray,

@@ -12,7 +12,6 @@ search on a seeded query sample, and how often neighbours share the clean label.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import artifacts
-from .constants import CANONICAL_CLASSES
-from .errors import ArtifactError, ConfigError, DataError, choices_message
-from .knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
+from pipeline.contract import tables as artifacts
+from pipeline.contract.classes import CANONICAL_CLASSES
+from pipeline.contract.errors import ArtifactError, ConfigError, DataError, choices_message
+from pipeline.contract.graphs import check_space_name, graph_path, graph_table, write_graph
+from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ DEFAULT_SIGMA: dict[str, float | str] = {
     "au": 1.0, "au17": 1.0, "landmarks": 68.0, "landmarks_procrustes": "auto", "va": "auto",
 }
 SIMILARITY_FORMULA = "exp(-d^2 / (2 sigma^2))"
-_SPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
 @dataclass(frozen=True)
@@ -97,12 +96,6 @@ def space_features(space: str, source: TableSource | None,
         features = procrustes_normalise(features)
     order = np.argsort(ids, kind="stable")
     return ids[order], np.ascontiguousarray(features[order])
-
-
-def check_space_name(space: str) -> None:
-    """A space name becomes a file name: lower-case letters, digits, '_' and '-'."""
-    if not _SPACE_NAME.match(space):
-        raise ConfigError(f"graph space name {space!r} must match {_SPACE_NAME.pattern} (it names a file)")
 
 
 def _source_table(source: TableSource | None, name: str) -> pa.Table:
@@ -200,7 +193,7 @@ def _class_name(index: int) -> str:
 
 def build_space_graph(features: np.ndarray, sample_ids: np.ndarray, labels: np.ndarray | None,
                       config: GraphConfig, space: str) -> tuple[pa.Table, dict]:
-    """Build one space's graph -> (table in artifacts.graph_schema(K), metadata for the file).
+    """Build one space's graph -> (table in graph_schema(K), metadata for the file).
 
     `features` [N, D] and `labels` [N] (clean labels, or None) follow `sample_ids` [N]; the table's
     neighbours are sample ids. Recall@K is measured against exact search on a seeded sample.
@@ -218,7 +211,7 @@ def build_space_graph(features: np.ndarray, sample_ids: np.ndarray, labels: np.n
     recall = recall_at_k(features, graph.indices, config.knn.metric, config.recall_queries,
                          config.recall_seed)
     similarity, sigma = similarity_from_distances(graph.distances, sigma_setting)
-    table = artifacts.graph_table(sample_ids, sample_ids[graph.indices], graph.distances, similarity)
+    table = graph_table(sample_ids, sample_ids[graph.indices], graph.distances, similarity)
     metadata = {
         "space": space, "K": config.knn.k, "metric": config.knn.metric, "sigma": sigma,
         "sigma_mode": "auto" if sigma_setting == "auto" else "config", "similarity": SIMILARITY_FORMULA,
@@ -234,25 +227,6 @@ def build_space_graph(features: np.ndarray, sample_ids: np.ndarray, labels: np.n
              len(features), config.knn.k, sigma, config.knn.k, recall, graph.seconds,
              metadata["label_agreement"] and round(metadata["label_agreement"]["overall"] or 0.0, 4))
     return table, metadata
-
-
-def write_graph(path: str | Path, table: pa.Table, metadata: Mapping[str, object]) -> Path:
-    """Write a graph atomically, uncompressed (neighbour ids barely compress; loading stays fast)."""
-    return artifacts.write_table(path, table, metadata, compression="none")
-
-
-def graph_path(version_dir: str | Path, space: str) -> Path:
-    check_space_name(space)
-    return Path(version_dir) / artifacts.GRAPHS_DIR / f"{space}.parquet"
-
-
-def load_graph_tensors(path: str | Path):
-    """graphs/<space>.parquet -> (neighbors [N, K] int64, similarity [N, K] float32) torch tensors.
-
-    Neighbours are sample ids; row i belongs to the i-th sample id of the file (sorted ascending).
-    """
-    _, neighbors, similarity = artifacts.read_graph_tensors(path)
-    return neighbors, similarity
 
 
 def build_and_write_space(version_dir: str | Path, space: str, config: GraphConfig = GraphConfig(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError
+from pipeline.contract.errors import ArtifactError
 
 FORMAT = "memmap-u8-v1"
 DATA_FILE = "crops.u8"

@@ -1,16 +1,13 @@
 """Image operations of the synthetic face generator: piecewise-affine warp, painting, lighting, background.
 
-Split out of pipeline.synthetic (which decides what to draw); these functions only draw it.
+Split out of pipeline.synthetic.generator (which decides what to draw); these functions only draw it.
 """
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .synthetic import SyntheticConfig
 
 def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a [2, 3] affine to [N, 2] points."""
@@ -99,10 +96,10 @@ def _ramp(size: int, angle: float) -> np.ndarray:
         np.float32)
 
 
-def shade(image: np.ndarray, gain: np.ndarray, config: SyntheticConfig,
-           rng: np.random.Generator) -> np.ndarray:
+def shade(image: np.ndarray, gain: np.ndarray, size: int, lighting: float,
+          rng: np.random.Generator) -> np.ndarray:
     """Directional light, exposure and colour on the face layer (float32 0..255)."""
-    light = 1 + rng.uniform(0, config.lighting) * 2 * _ramp(config.size, rng.uniform(0, 2 * np.pi))  # [H, W]
+    light = 1 + rng.uniform(0, lighting) * 2 * _ramp(size, rng.uniform(0, 2 * np.pi))  # [H, W]
     colour = gain * rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, 3)  # [3]
     return image * light[..., None] * colour.astype(np.float32)  # [H, W, 3]
 

@@ -1,0 +1,1 @@
+"""Content hashing, chained fingerprints, the content-addressed part store and the version plan."""

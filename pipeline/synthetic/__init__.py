@@ -1,0 +1,1 @@
+"""The embedded synthetic face generator (`generator`) and its drawing operations (`render`)."""
