@@ -11,7 +11,7 @@ CONFIG  ?=
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare train benchmark-noise server serve clean
+.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare verify train benchmark-noise server serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ test-all:  ## run every test (GPU tests skip without CUDA)
 prepare:  ## prepare a dataset version (default: the embedded synthetic set): make prepare DATASET=rafdb ROOT=/data/rafdb [CONFIG=f.yaml] [ARGS="--set graphs.k=8"]
 	$(PY) -m flows prepare --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
+VERSION ?= latest
+verify:  ## re-hash a prepared version against its lock (non-zero on drift): make verify DATASET=synthetic [VERSION=id] [ROOT=/data/rafdb]
+	$(PY) -m flows verify --dataset $(DATASET) --version $(VERSION) $(if $(ROOT),--root $(ROOT)) $(ARGS)
+
 PREFECT_PORT ?= 4200
 server:  ## start a Prefect server on 127.0.0.1:$(PREFECT_PORT) (SQLite, analytics off); leave it running
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false \
@@ -54,7 +58,7 @@ train:  ## train on a prepared version: make train DATASET=synthetic METHOD=base
 	$(PY) -m training.train --dataset $(DATASET) --method $(METHOD) --noise $(NOISE) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 benchmark-noise:  ## every method x noise variant x seed: make benchmark-noise DATASET=synthetic METHODS=baseline,soft NOISE=sym-0.30 SEEDS=0,1
-	$(PY) -m training.benchmark --dataset $(DATASET) --methods $(METHODS) --noise $(NOISE) --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(PY) bench/benchmark_noise.py --dataset $(DATASET) --methods $(METHODS) --noise $(NOISE) --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv, artifacts and runs)
 	rm -rf build *.egg-info .pytest_cache

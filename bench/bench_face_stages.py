@@ -1,99 +1,378 @@
-"""Images/s of each face stage and backend on this machine's CPU (and on CUDA when present).
+"""Per-image stages on this machine's CPU: a per-stage table, mappers, model sharing, reduced JPEG decoding.
 
-Inputs: --n synthetic faces (256x256, pipeline.synthetic.generator) written as PNGs, plus the astronaut (512x512).
-HRNet runs with random weights (same cost as a real checkpoint). FAN and OpenFace are not measured here:
-no weights / binary can be fetched on this machine (their wrappers are tested with fakes).
+Inputs: --n synthetic faces rendered at 500x500 and saved as JPEG (quality 90), faces filling about half the
+frame like AffectNet's; AffectNet-style given boxes and 68 points come from the generator's true points.
+Every figure is the median of --repeat runs; `uptime`'s load averages are recorded before and after: the
+machine is shared by several sessions, so absolute figures move with their load.
 
-    .venv/bin/python bench/bench_face_stages.py --n 40
+Sections of the output (printed as tables, saved to bench/results/bench_face_stages.json):
+- stages: faces (given boxes | dlib HOG) + dlib landmarks + AU estimates, run serially shard by shard:
+  images/s of decode, align (+ detection), landmarks and AUs alone, and each one's share of the time;
+- mappers: the same chain per shard over 1 worker, 2 threads and 2 forked processes;
+- sharing: faces+landmarks over 2 threads with dlib models shared unsafely (what main did), behind one
+  lock, and pooled (one per concurrent caller, the kept default), and whether boxes change;
+- reduced decode: full vs DCT-reduced JPEG decoding of the same images (the 500 px set forced to 1/2,
+  and the same faces as 1000 px JPEGs under the stage's own rule): decode CPU time and the change in crops
+  (mean abs grey levels), dlib landmarks (px in the 256 crop) and AU estimates (0-5 scale);
+- hrnet: HRNetV2-W18 fp32 on CPU with random weights (same cost as a checkpoint), CUDA bf16 when present.
+
+    .venv/bin/python bench/bench_face_stages.py            # ~3 min on 2 shared cores
+    .venv/bin/python bench/bench_face_stages.py --quick    # a smoke run
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import platform
-import tempfile
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
-from PIL import Image
 
-from pipeline.contract.tables import vectors_to_arrow
-from pipeline.models.hrnet import HRNetW18, predict
-from pipeline.stages.action_units import AUConfig, action_units_shard
-from pipeline.stages.faces import AlignConfig, detect_align_shard
-from pipeline.stages.landmarks import LandmarkConfig, landmarks_shard, points_from_table
-from pipeline.synthetic import generator as synthetic
+from pipeline import geometry as align
+from pipeline import images
+from pipeline.contract.tables import vectors_to_arrow, vectors_to_numpy
+from pipeline.models import dlib_models, sharing
+from pipeline.stages import action_units, faces, landmarks
+
+RESULTS = Path(__file__).parent / "results" / "bench_face_stages.json"
+SHARD = 50
 
 
-def _timed(fn, count: int) -> tuple[float, object]:
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer")) / "bench_face_stages"
+
+
+def make_inputs(n: int) -> tuple[Path, pa.Table]:
+    """n synthetic 500x500 JPEGs (cached) and a samples table with given boxes and 68 points."""
+    from PIL import Image
+
+    from pipeline.sources.synthetic import box_from_landmarks
+    from pipeline.synthetic import generator as synthetic
+
+    root = _cache_dir() / f"affectnet-like-500-n{n}"
+    root.mkdir(parents=True, exist_ok=True)
+    config = synthetic.SyntheticConfig(n=n, size=500, seed=7, min_eye_distance=0.30, max_eye_distance=0.40)
+    points_file = root / "points.npy"
+    if not points_file.is_file():
+        points = []
+        for i in range(n):
+            sample = synthetic.generate_sample(config, i)
+            Image.fromarray(sample.image).save(root / f"{i:05d}.jpg", quality=90)
+            points.append(sample.landmarks)
+        np.save(points_file, np.stack(points))
+    points = np.load(points_file)                                              # [N, 68, 2]
+    boxes = np.stack([box_from_landmarks(p) for p in points])                  # [N, 4]
+    table = pa.table({"sample_id": pa.array(np.arange(n), pa.int64()), "relpath": [f"{i:05d}.jpg" for i in range(n)],
+                      "given_bbox": vectors_to_arrow(boxes.astype(np.float32)),
+                      "given_landmarks": vectors_to_arrow(points.reshape(n, -1).astype(np.float32))})
+    return root, table
+
+
+def chain(shard: pa.Table, root: Path, align_config: faces.AlignConfig) -> dict[str, float]:
+    """faces -> dlib landmarks -> AU estimates on one shard: wall seconds per stage, and this process's CPU."""
+    lm_config, au_config = landmarks.LandmarkConfig(), action_units.AUConfig()
+    cpu, start = time.process_time(), time.perf_counter()
+    table, crops, _ = faces.detect_align_shard(shard, root, align_config, progress=False)
+    t_faces, c_faces = time.perf_counter(), time.process_time()
+    ids = table.column("sample_id").to_numpy()
+    usable = np.isin(table.column("status").to_numpy(zero_copy_only=False), faces.USABLE_STATUSES)
+    if not usable.all():
+        crops, ids = crops[usable], ids[usable]
+    lm, _ = landmarks.landmarks_shard(crops, ids, lm_config, progress=False)
+    t_lm, c_lm = time.perf_counter(), time.process_time()
+    points = landmarks.points_from_table(lm)
+    action_units.action_units_shard(None, lm.column("sample_id").to_numpy(), points, au_config)
+    t_au, c_au = time.perf_counter(), time.process_time()
+    return {"faces": t_faces - start, "landmarks": t_lm - t_faces, "action_units": t_au - t_lm,
+            "cpu_faces": c_faces - cpu, "cpu_landmarks": c_lm - c_faces, "cpu_action_units": c_au - c_lm,
+            "cpu": c_au - cpu}
+
+
+def _warm(align_config: faces.AlignConfig) -> None:
+    faces.check_backend(align_config)
+    landmarks.check_backend(landmarks.LandmarkConfig())
+    action_units.check_backend(action_units.AUConfig())
+
+
+def _decode_seconds(root: Path, relpaths: list[str], reduce: int = 1) -> tuple[float, float]:
+    """(wall, CPU) seconds to decode every image."""
+    cpu, start = time.process_time(), time.perf_counter()
+    for relpath in relpaths:
+        with images.OpenImage(root / relpath) as handle:
+            handle.rgb(reduce)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def _shards(table: pa.Table) -> list[pa.Table]:
+    return [table.slice(s, SHARD) for s in range(0, table.num_rows, SHARD)]
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def stage_table(root: Path, table: pa.Table, align_config: faces.AlignConfig, repeat: int) -> dict:
+    """Serial per-stage images/s (wall and per CPU-second) and share of the time (decode split out of faces)."""
+    _warm(align_config)
+    relpaths = table.column("relpath").to_pylist()
+    align_name = "align" if align_config.detector == "given" else "detect+align"
+    runs = []
+    for _ in range(repeat):
+        totals: dict[str, float] = {}
+        for shard in _shards(table):
+            for key, value in chain(shard, root, align_config).items():
+                totals[key] = totals.get(key, 0.0) + value
+        decode, decode_cpu = _decode_seconds(root, relpaths)
+        runs.append({"decode": (decode, decode_cpu),
+                     align_name: (totals["faces"] - decode, totals["cpu_faces"] - decode_cpu),
+                     "landmarks": (totals["landmarks"], totals["cpu_landmarks"]),
+                     "action_units": (totals["action_units"], totals["cpu_action_units"]),
+                     "total": (totals["faces"] + totals["landmarks"] + totals["action_units"], totals["cpu"])})
+    n = table.num_rows
+    out = {}
+    for name in runs[0]:
+        wall, cpu = _median([r[name][0] for r in runs]), _median([r[name][1] for r in runs])
+        total = _median([r["total"][0] for r in runs])
+        out[name] = {"images_per_s": round(n / wall, 1), "images_per_cpu_s": round(n / max(cpu, 1e-9), 1),
+                     "share": round(wall / total, 3)}
+    return out
+
+
+def _process_init(align_config: faces.AlignConfig) -> None:
+    _warm(align_config)
+
+
+def _chain_args(args: tuple) -> dict[str, float]:
+    return chain(*args)
+
+
+def mapper_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig, repeat: int) -> dict:
+    """The chain per shard over 1 worker, 2 threads and 2 forked processes: images/s (wall, median) and
+    images per CPU-second of the workers (what 2 free cores could give at most: 2 x that)."""
+    shards, n = _shards(table), table.num_rows
+    jobs = [(shard, root, align_config) for shard in shards]
+    out = {}
+    _warm(align_config)
+    for name in ("serial", "threads-2", "processes-2"):
+        if name == "processes-2":
+            context = multiprocessing.get_context("fork")
+            executor = ProcessPoolExecutor(2, mp_context=context, initializer=_process_init, initargs=(align_config,))
+        else:
+            executor = ThreadPoolExecutor(1 if name == "serial" else 2)
+        rates, cpu_rates = [], []
+        with executor:
+            list(executor.map(_chain_args, jobs[:2]))                     # workers up and warm
+            for _ in range(repeat):
+                cpu, start = time.process_time(), time.perf_counter()
+                parts = list(executor.map(_chain_args, jobs))
+                rates.append(n / (time.perf_counter() - start))
+                used = sum(p["cpu"] for p in parts) if name == "processes-2" else time.process_time() - cpu
+                cpu_rates.append(n / used)
+        out[name] = {"images_per_s": round(_median(rates), 1), "images_per_cpu_s": round(_median(cpu_rates), 1)}
+    return out
+
+
+@contextlib.contextmanager
+def _unsafe_shared_models():
+    """What main did: one cached detector and predictor shared by every thread, no lock (the race)."""
+    shared_hog, shared_predictor = dlib_models._new_hog_detector(), dlib_models._new_shape_predictor()
+
+    class Shared:
+        def __init__(self, model):
+            self.model = model
+
+        @contextlib.contextmanager
+        def borrow(self):
+            yield self.model
+
+        def warm(self):
+            pass
+
+    saved = dlib_models.HOG_DETECTORS, dlib_models.SHAPE_PREDICTORS
+    dlib_models.HOG_DETECTORS, dlib_models.SHAPE_PREDICTORS = Shared(shared_hog), Shared(shared_predictor)
+    try:
+        yield
+    finally:
+        dlib_models.HOG_DETECTORS, dlib_models.SHAPE_PREDICTORS = saved
+
+
+def _faces_landmarks(shard: pa.Table, root: Path, align_config: faces.AlignConfig) -> np.ndarray:
+    table, crops, _ = faces.detect_align_shard(shard, root, align_config, progress=False)
+    usable = np.isin(table.column("status").to_numpy(zero_copy_only=False), faces.USABLE_STATUSES)
+    landmarks.landmarks_shard(crops[usable], table.column("sample_id").to_numpy()[usable],
+                              landmarks.LandmarkConfig(), progress=False)
+    return vectors_to_numpy(table.column("bbox"))
+
+
+def sharing_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig, repeat: int) -> dict:
+    """faces+landmarks over 2 threads: unsafe shared models vs one lock vs a pool; boxes vs a serial run."""
+    shards = [table.slice(s, 10) for s in range(0, table.num_rows, 10)]
+    reference = np.concatenate([_faces_landmarks(s, root, align_config) for s in shards])
+    out = {}
+    for name in ("unsafe-shared (main before)", "lock", "pool"):
+        mode = "lock" if name == "lock" else "pool"
+        sharing.set_mode(mode)
+        guard = _unsafe_shared_models() if name.startswith("unsafe") else contextlib.nullcontext()
+        rates, cpu_rates, changed = [], [], 0
+        with guard, ThreadPoolExecutor(2) as executor:
+            list(executor.map(lambda s: _faces_landmarks(s, root, align_config), shards[:2]))    # models built
+            for _ in range(repeat):
+                cpu, start = time.process_time(), time.perf_counter()
+                boxes = np.concatenate(list(executor.map(lambda s: _faces_landmarks(s, root, align_config), shards)))
+                rates.append(table.num_rows / (time.perf_counter() - start))
+                cpu_rates.append(table.num_rows / (time.process_time() - cpu))
+                changed = max(changed, int((~np.isclose(boxes, reference, equal_nan=True)).any(axis=1).sum()))
+        out[name] = {"images_per_s": round(_median(rates), 1), "images_per_cpu_s": round(_median(cpu_rates), 1),
+                     "boxes_changed_vs_serial": changed}
+    sharing.set_mode("pool")
+    return out
+
+
+def upscaled_inputs(root: Path, table: pa.Table, factor: int = 2) -> tuple[Path, pa.Table]:
+    """The same faces as factor-times larger JPEGs (q90), with boxes and points mapped: larger AffectNet images."""
+    import cv2
+    from PIL import Image
+
+    big = root.parent / f"{root.name}-x{factor}"
+    big.mkdir(exist_ok=True)
+    for relpath in table.column("relpath").to_pylist():
+        if not (big / relpath).is_file():
+            image = images.read_rgb(root / relpath)
+            size = (image.shape[1] * factor, image.shape[0] * factor)
+            Image.fromarray(cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)).save(big / relpath, quality=90)
+    boxes = vectors_to_numpy(table.column("given_bbox")) * factor                        # [N, 4]
+    points = vectors_to_numpy(table.column("given_landmarks")) * factor + 0.5 * (factor - 1)   # pixel centres
+    return big, table.set_column(2, "given_bbox", vectors_to_arrow(boxes.astype(np.float32))).set_column(
+        3, "given_landmarks", vectors_to_arrow(points.astype(np.float32)))
+
+
+def reduced_decode(root: Path, table: pa.Table, reduce: int | None = None) -> dict:
+    """Full vs reduced decoding of the given-box crops: decode time and the change in crops, points and AUs.
+
+    reduce None: the stage's own rule (images.reduction_for_scale); an int forces that reduction.
+    """
+    from pipeline.stages.action_units import estimate_aus
+
+    rows, backend, config = faces._shard_rows(table), faces.GivenBoxes(), faces.AlignConfig(detector="given")
+    crops: dict[str, list[np.ndarray]] = {"full": [], "reduced": []}
+    seconds, used, truth = {"full": 0.0, "reduced": 0.0}, [], []
+    for row in rows:
+        with images.OpenImage(root / row["relpath"]) as handle:
+            width, height = handle.size
+        planned = backend.plan(row, width, height, config)
+        k = reduce or images.reduction_for_scale(align.transform_scale(planned.transform))
+        for name, wanted in (("full", 1), ("reduced", k)):
+            start = time.process_time()
+            with images.OpenImage(root / row["relpath"]) as handle:
+                pixels, got = handle.rgb(wanted)
+            seconds[name] += time.process_time() - start
+            to_crop = planned.transform if got == 1 else align.compose(planned.transform, images.reduced_to_full(got))
+            crops[name].append(align.warp_crop(pixels, to_crop, config.crop_size))
+        used.append(got)
+        truth.append(align.map_points(np.asarray(row["given_landmarks"]).reshape(68, 2), planned.transform))
+    full, small = np.stack(crops["full"]), np.stack(crops["reduced"])         # [N, 256, 256, 3]
+    p_full, p_small = landmarks.dlib_landmarks(full)[0], landmarks.dlib_landmarks(small)[0]
+    moved = np.linalg.norm(p_full - p_small, axis=2)                         # [N, 68] px in the crop
+    au_change = np.abs(estimate_aus(p_full) - estimate_aus(p_small))          # [N, 17]
+    truth = np.stack(truth)                                                  # [N, 68, 2] true points in the crop
+    ocular = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=1)[:, None]     # [N, 1] 300-W normaliser
+    nme = {name: round(float(100 * (np.linalg.norm(p - truth, axis=2) / ocular).mean()), 3)
+           for name, p in (("full", p_full), ("reduced", p_small))}
+    return {"image_side": int(width), "reduction_used": sorted(set(used)),
+            "decode_cpu_ms_full": round(1000 * seconds["full"] / len(rows), 2),
+            "decode_cpu_ms_reduced": round(1000 * seconds["reduced"] / len(rows), 2),
+            "crop_mean_abs_diff": round(float(np.abs(full.astype(float) - small.astype(float)).mean()), 2),
+            "landmark_shift_px_mean": round(float(moved.mean()), 3),
+            "landmark_shift_px_p95": round(float(np.percentile(moved, 95)), 3),
+            "au_change_mean": round(float(au_change.mean()), 4), "au_change_max": round(float(au_change.max()), 3),
+            "dlib_nme_percent_full": nme["full"], "dlib_nme_percent_reduced": nme["reduced"]}
+
+
+def hrnet_rates(n: int) -> dict:
+    import torch
+
+    from pipeline.models.hrnet import HRNetW18, predict
+
+    torch.manual_seed(0)
+    crops = np.random.default_rng(0).integers(0, 255, (max(n, 8), 256, 256, 3), dtype=np.uint8)
+    model = HRNetW18(19).eval()
+    predict(model, crops[:1], device="cpu")
     start = time.perf_counter()
-    out = fn()
-    return count / (time.perf_counter() - start), out
+    predict(model, crops[:n], device="cpu", batch_size=8)
+    out = {"hrnet fp32 CPU (batch 8)": round(n / (time.perf_counter() - start), 2)}
+    if torch.cuda.is_available():
+        big = np.concatenate([crops] * (512 // len(crops) + 1))[:512]
+        predict(model, big[:64], device="cuda", batch_size=64)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        predict(model, big, device="cuda", batch_size=256)
+        out["hrnet bf16 CUDA (batch 256)"] = round(len(big) / (time.perf_counter() - start), 1)
+    return out
+
+
+def _print_table(title: str, rows: dict) -> None:
+    print(f"\n{title}")
+    for name, value in rows.items():
+        if isinstance(value, dict):
+            print(f"  {name:34s} " + "  ".join(f"{k} {v}" for k, v in value.items()))
+        else:
+            print(f"  {name:34s} {value}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=40)
-    parser.add_argument("--hrnet-n", type=int, default=8)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="images on the given-box path")
+    parser.add_argument("--hog-n", type=int, default=60, help="images on the HOG path")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="n 60, hog-n 20, repeat 1")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.hog_n, args.repeat = 60, 20, 1
+    import cv2
+    import torch
+
     torch.set_num_threads(2)
-    rates: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        config = synthetic.SyntheticConfig(n=args.n, seed=1)
-        samples = [synthetic.generate_sample(config, i) for i in range(args.n)]
-        for s in samples:
-            Image.fromarray(s.image).save(root / f"{s.index:05d}.png")
-        table = pa.table({"sample_id": pa.array(np.arange(args.n), pa.int64()),
-                          "relpath": [f"{i:05d}.png" for i in range(args.n)],
-                          "given_bbox": vectors_to_arrow(np.tile([[40, 40, 176, 176]], (args.n, 1))),
-                          "given_landmarks": vectors_to_arrow(np.stack([s.landmarks.reshape(-1) for s in samples]))})
-        detect_align_shard(table.slice(0, 1), root, AlignConfig(), progress=False)  # load models once
-        rates["detect_align dlib (256 px synthetic)"], (faces, crops, _) = _timed(
-            lambda: detect_align_shard(table, root, AlignConfig(), progress=False), args.n)
-        rates["detect_align given+landmarks"], _ = _timed(
-            lambda: detect_align_shard(table, root, AlignConfig(detector="given"), progress=False), args.n)
-        rates["detect_align prealigned"], _ = _timed(
-            lambda: detect_align_shard(table, root, AlignConfig(detector="prealigned"), progress=False), args.n)
-        from skimage import data
-        Image.fromarray(data.astronaut()).save(root / "astronaut.png")
-        astro = pa.table({"sample_id": pa.array(np.arange(10), pa.int64()), "relpath": ["astronaut.png"] * 10})
-        rates["detect_align dlib (512 px astronaut)"], _ = _timed(
-            lambda: detect_align_shard(astro, root, AlignConfig(), progress=False), 10)
-        ids = np.arange(args.n)
-        rates["landmarks dlib"], (lm, _) = _timed(
-            lambda: landmarks_shard(crops, ids, LandmarkConfig(), progress=False), args.n)
-        rates["landmarks provided"], _ = _timed(lambda: landmarks_shard(
-            crops, ids, LandmarkConfig(backend="provided"), samples=table, faces=faces, progress=False), args.n)
-        model = HRNetW18(19).eval()
-        predict(model, crops[:1], device="cpu")
-        rates["landmarks hrnet fp32 CPU (batch 8)"], _ = _timed(
-            lambda: predict(model, crops[:args.hrnet_n], device="cpu", batch_size=8), args.hrnet_n)
-        if torch.cuda.is_available():
-            big = np.concatenate([crops] * max(1, 512 // len(crops)))
-            predict(model, big[:64], device="cuda", batch_size=64)
-            torch.cuda.synchronize()
-            rates["landmarks hrnet bf16 CUDA (batch 256)"], _ = _timed(
-                lambda: predict(model, big, device="cuda", batch_size=256), len(big))
-        points = points_from_table(lm)
-        rates["action_units estimate"], _ = _timed(
-            lambda: action_units_shard(None, ids, points, AUConfig()), args.n)
-    out = {"machine": f"{platform.machine()} 2-core CPU (shared), Python {platform.python_version()}, "
-                      f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-           "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-           "threads": {"torch": torch.get_num_threads(), "dlib/opencv": "1 process"},
-           "n_images": args.n, "images_per_s": {k: round(v, 1) for k, v in rates.items()},
-           "not_measured": "fan (no weights here), openface (no binary here); hrnet GPU goal 3,000 img/s bf16 "
-                           "on one H100 needs a GPU task"}
-    for name, value in out["images_per_s"].items():
-        print(f"{name:42s} {value:>10.1f} img/s")
-    path = Path(__file__).parent / "results" / "bench_face_stages.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"saved {path}")
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    root, table = make_inputs(max(args.n, args.hog_n))
+    given, hog = faces.AlignConfig(detector="given"), faces.AlignConfig()
+    hog_table = table.slice(0, args.hog_n).drop_columns(["given_bbox", "given_landmarks"])
+    given_table = table.slice(0, args.n)
+    out = {
+        "stages_given_boxes": stage_table(root, given_table, given, args.repeat),
+        "stages_dlib_hog": stage_table(root, hog_table, hog, args.repeat),
+        "mappers_given_boxes": mapper_rates(root, given_table, given, args.repeat),
+        "mappers_dlib_hog": mapper_rates(root, hog_table, hog, args.repeat),
+        "mappers_dlib_hog_upsample0": mapper_rates(root, hog_table, faces.AlignConfig(upsample=0), args.repeat),
+        "sharing_dlib_hog_2_threads": sharing_rates(root, hog_table, hog, args.repeat),
+        "sharing_given_boxes_2_threads": sharing_rates(root, given_table, given, args.repeat),
+        "reduced_decode_500px_forced_2": reduced_decode(root, table.slice(0, min(100, args.n)), 2),
+        "reduced_decode_1000px_rule": reduced_decode(*upscaled_inputs(root, table.slice(0, min(100, args.n)))),
+        "hrnet": hrnet_rates(8),
+    }
+    meta = {"machine": f"{platform.machine()} {os.cpu_count()}-core CPU, shared with other sessions; Python "
+                       f"{platform.python_version()}, torch {torch.__version__}, opencv {cv2.__version__}, "
+                       f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+            "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+            "images": f"{args.n} synthetic 500x500 JPEGs (q90), faces ~half the frame; HOG path on the first {args.hog_n}",
+            "statistic": f"median of {args.repeat} runs", "shard_size": SHARD,
+            "command": "bench/bench_face_stages.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                              (("n", args.n), ("hog_n", args.hog_n), ("repeat", args.repeat))),
+            "not_measured": "fan (no weights here), openface (no binary here)"}
+    out = {**meta, **out}
+    for key, value in out.items():
+        if isinstance(value, dict):
+            _print_table(key, value)
+        else:
+            print(f"{key}: {value}")
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nsaved {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def run_flow(overrides: list[str]) -> dict:
     """One prepare flow run in this process; wall time, the flow's summary and per-stage spans."""
     from flows.prepare import prepare_flow
     from flows.runtime import make_task_runner
-    from pipeline.prepare import load_prepare_config
+    from pipeline.config import load_prepare_config
 
     config = load_prepare_config(None, overrides, dataset="synthetic")
     flow = prepare_flow.with_options(task_runner=make_task_runner(config.max_workers))

@@ -1,7 +1,8 @@
 """Training throughput: model-only steps on random tensors vs full-pipeline steps, for each method.
 
 For every registered method the engine builds the real run (training.engine.setup) on a synthetic
-prepared version, then measures images/s of
+version built by the real prepare (bench.prepared: given boxes, provided points, exact graphs; cached
+under runs/bench_train_throughput/data, so a rerun prepares nothing), then measures images/s of
   - model_only: `train_step` on one device batch whose images are random tensors (no loading at all);
   - pipeline:   the run's DataLoader (memmap crops, workers, pinned memory) + to_device + train_step;
   - loader:     the DataLoader + to_device alone (what the data path can feed), no model.
@@ -30,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from bench.prepared import prepare_small_version
 from training.config import resolve_config
 from training.engine import setup, train_step
 from training.loader import to_device
 from training.methods import StepInfo, method_names
-from training.testbed import build_tiny_version
 
 PRESETS = {
     "cpu-tiny": {"backbone": "tiny", "crop": 64, "image": 56, "batch": 32, "groups": 8, "steps": 12, "n": 600},
@@ -69,6 +70,13 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, in
     return images / (time.perf_counter() - tic), images
 
 
+def va_stand_in(method: str, version) -> list[tuple[str, str]]:
+    """LDLVA's recipes read the `va` graph; a version without valence-arousal lends them its AU graph."""
+    if not method.startswith("ldlva") or "va" in version.graphs:
+        return []
+    return [("data.au_graph", "au"), ("method_config.graph_space", "au")]
+
+
 def measure(method: str, version, preset: dict, args, runs_root: str) -> dict:
     overrides = [("artifacts_root", str(version.artifacts_root)), ("manifests_root", str(version.manifests_root)),
                  ("model.backbone", preset["backbone"]), ("data.image_size", str(preset["image"])),
@@ -76,7 +84,7 @@ def measure(method: str, version, preset: dict, args, runs_root: str) -> dict:
                  ("data.num_workers", str(args.workers)), ("runtime.runs_root", runs_root),
                  ("runtime.progress", "false"), ("runtime.tensorboard", "false"), ("runtime.report", "false"),
                  ("runtime.threads", str(args.threads)), ("runtime.device", args.device), ("epochs", "50")]
-    config = resolve_config(method, version.dataset, "sym-0.30", None, overrides)
+    config = resolve_config(method, version.dataset, "sym-0.30", None, overrides + va_stand_in(method, version))
     run = setup(config)
     stream = _batches(run)
     info = lambda: StepInfo(0, 0, run.total_steps, config.epochs)
@@ -126,13 +134,14 @@ def main() -> int:
     if args.steps:
         preset["steps"] = args.steps
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tic = time.perf_counter()
-        version = build_tiny_version(Path(tmp) / "a", Path(tmp) / "m", n=preset["n"], crop_size=preset["crop"])
-        print(f"built a {preset['n']}-sample synthetic version ({preset['crop']} px crops) in "
-              f"{time.perf_counter() - tic:.1f} s")
+    data = ROOT / "runs" / "bench_train_throughput"
+    tic = time.perf_counter()
+    version = prepare_small_version(data / "data", n=preset["n"], crop_size=preset["crop"])
+    print(f"prepared {preset['n']}-sample synthetic version {version.version} ({preset['crop']} px crops) in "
+          f"{time.perf_counter() - tic:.1f} s")
+    with tempfile.TemporaryDirectory() as runs:
         for method in args.methods.split(","):
-            rows.append(measure(method, version, preset, args, str(Path(tmp) / "runs")))
+            rows.append(measure(method, version, preset, args, runs))
             r = rows[-1]
             print(f"{method}: model {r['model_only_img_s']:.0f} img/s, pipeline {r['pipeline_img_s']:.0f} img/s")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device

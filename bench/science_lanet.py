@@ -3,9 +3,9 @@
     python bench/science_lanet.py                      # 3 seeds, tiny config (CPU), defaults below
     python bench/science_lanet.py --samples 600 --epochs 30 --seeds 0,1,2
 
-Builds (once, cached under runs/science_lanet/data) a tiny prepared synthetic version with
-training.testbed.build_tiny_version (true landmarks/AUs, exact KNN graphs, label variant sym-0.30), then runs
-the noise-robustness harness (training.benchmark) with training/configs/benchmark_tiny.yaml for the three
+Prepares (once, cached under runs/science_lanet/data) a small synthetic version with the real prepare
+(bench.prepared: given boxes, provided 68 points, estimated AUs, exact KNN graphs, label variant sym-0.30),
+then runs the noise-robustness harness (bench.noise) with training/configs/benchmark_tiny.yaml for the three
 methods, and adds LA-Net's own diagnostics per seed (from each run's metrics.jsonl: share of flipped samples
 whose EMA target's argmax is the clean label, agreement on kept labels, share of ambiguous targets).
 Writes bench/results/science_lanet.{json,md,csv,png}. Finished cells are not retrained (the harness caches
@@ -31,20 +31,15 @@ LANET_KEYS = ("target_flipped_recovered", "target_kept_agreement", "target_ambig
 
 
 def prepared_version(samples: int, seed: int = 0) -> dict:
-    """The cached tiny version's roots and id (built on first use)."""
-    from training.testbed import build_tiny_version
+    """The small version's roots and id (prepared on first use; the prepare reuses it afterwards)."""
+    from bench.prepared import prepare_small_version
 
-    root = PROJECT / "runs" / NAME / "data"
-    marker = root / f"version-n{samples}-s{seed}.json"
-    if marker.is_file():
-        return json.loads(marker.read_text())
     tic = time.perf_counter()
-    built = build_tiny_version(root / "artifacts", root / "manifests", n=samples, crop_size=64, seed=seed)
-    info = {"dataset": built.dataset, "version": built.version, "artifacts_root": str(built.artifacts_root),
+    built = prepare_small_version(PROJECT / "runs" / NAME / "data", n=samples, crop_size=64, seed=seed,
+                                  variants=("clean", NOISE))
+    return {"dataset": built.dataset, "version": built.version, "artifacts_root": str(built.artifacts_root),
             "manifests_root": str(built.manifests_root), "samples": samples, "seed": seed,
-            "build_seconds": round(time.perf_counter() - tic, 1)}
-    marker.write_text(json.dumps(info, indent=2) + "\n")
-    return info
+            "prepare_seconds": round(time.perf_counter() - tic, 1)}
 
 
 def lanet_diagnostics(cells: list[dict]) -> list[dict]:
@@ -84,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    from training.benchmark import DEFAULT_OUT
-    from training.benchmark import main as harness
+    from bench.noise.cli import main as harness
+    from bench.noise.plan import DEFAULT_OUT
 
     data = prepared_version(args.samples)
     tic = time.perf_counter()

@@ -1,7 +1,8 @@
 """Science bench: baseline vs LDL-ALSG on the synthetic dataset with 30% symmetric label noise, 3 seeds.
 
-Builds a synthetic prepared version (training.testbed.build_tiny_version: true landmarks and AUs, exact KNN
-graphs; `make prepare` output can be used instead with --artifacts/--manifests), then trains each method
+Prepares a synthetic version with the real prepare (bench.prepared: given boxes, provided 68 points,
+estimated AUs, exact KNN graphs, 64 px crops; cached under runs/science_ldl_alsg/data, so a rerun prepares
+nothing; `make prepare` output can be used instead with --artifacts/--manifests), then trains each method
 with the tiny CPU config (training/configs/tiny.yaml: tiny CNN, 56 px) for the same number of epochs and
 seeds. LDL-ALSG uses 32 groups of 1 + 4 + 4 per batch against the baseline's batch of 32 centres, so both
 see every training image once per epoch as a centre (the paper's set-up). Extra LDL-ALSG lambdas can be
@@ -34,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from bench.prepared import prepare_small_version
 from training.config import resolve_config
 from training.engine import fit
-from training.testbed import build_tiny_version
 
 METRICS = ("test_accuracy", "test_mean_class_accuracy", "recovered", "memorised")
 
@@ -82,9 +83,10 @@ def main() -> int:
             roots = (args.artifacts, args.manifests)
         else:
             tic = time.perf_counter()
-            version = build_tiny_version(Path(tmp) / "a", Path(tmp) / "m", n=args.n, crop_size=64)
+            version = prepare_small_version(ROOT / "runs" / "science_ldl_alsg" / "data", n=args.n, crop_size=64,
+                                            variants=("clean", args.noise))
             roots = (str(version.artifacts_root), str(version.manifests_root))
-            print(f"built synthetic version {version.version} ({args.n} samples) in {time.perf_counter() - tic:.0f} s")
+            print(f"prepared synthetic version {version.version} ({args.n} samples) in {time.perf_counter() - tic:.0f} s")
         for method, label, extra in variants:
             rows = []
             for seed in seeds:

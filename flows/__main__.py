@@ -4,6 +4,10 @@
     python -m flows prepare --dataset rafdb --root /data/RAF-DB/basic --config my.yaml --set landmarks.backend=dlib
     python -m flows prepare --dataset affectnet --dask-address tcp://scheduler:8786
     python -m flows serve --dataset rafdb --root /data/RAF-DB/basic --cron "0 3 * * *"   # needs `make server`
+    python -m flows verify --dataset synthetic [--version V]          # re-hash a version against its lock
+
+A failing command ends with one `error: ...` line; the full log (tracebacks included) is written to
+<artifacts>/_logs/<command>-<time>-<pid>.log.
 """
 from __future__ import annotations
 
@@ -39,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--name", help="deployment name (default: prepare-<dataset>)")
     serve.add_argument("--watch", help="also run when this label file or folder changes (e.g. the dataset root)")
     serve.add_argument("--watch-every", type=float, default=30.0, help="seconds between checks of --watch")
+    verify = commands.add_parser("verify", help="re-hash a prepared version against its lock; non-zero on drift")
+    verify.add_argument("--dataset", default="synthetic", help="dataset name (default: synthetic)")
+    verify.add_argument("--version", default="latest", help="version id (default: the latest lock)")
+    verify.add_argument("--root", help="dataset root, when the lock's is not under FER_CACHE / FER_DATA_ROOT")
+    verify.add_argument("--outputs-only", action="store_true", help="skip the source files (labels, images)")
     return parser.parse_args(argv)
 
 
@@ -56,29 +65,63 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import verify_version
+
+    drift = verify_version(args.dataset, args.version, args.root, sources=not args.outputs_only)
+    print("\n".join(drift.lines()))
+    return 0 if drift.ok else 1
+
+
+def _prepare_or_serve(args: argparse.Namespace) -> dict | None:
+    from pipeline.config import load_prepare_config
+
+    config = load_prepare_config(args.config, args.set, dataset=args.dataset, root=args.root)
+    if args.command == "serve":
+        from flows.schedule import serve_prepare
+
+        serve_prepare(config, name=args.name, cron=args.cron, interval=args.interval, watch=args.watch,
+                      watch_every_s=args.watch_every)
+        return None
+    from flows.prepare import run_prepare
+
+    return run_prepare(config, dask_address=args.dask_address, dask_workers=args.dask_workers)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "verify":
+        return _verify(args)
+    summary = _prepare_or_serve(args)
+    if summary is not None:
+        print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_prefect()
+    if args.command != "verify":
+        import prefect.main  # noqa: F401  - sets up Prefect's logging; routed_logs must come after it
+
+    from flows.logs import log_file_path, routed_logs
     from pipeline.contract.errors import FerError
-    from pipeline.prepare import load_prepare_config
+    from pipeline.contract.lock import artifacts_root
 
-    try:
-        config = load_prepare_config(args.config, args.set, dataset=args.dataset, root=args.root)
-        if args.command == "serve":
-            from flows.schedule import serve_prepare
-
-            serve_prepare(config, name=args.name, cron=args.cron, interval=args.interval, watch=args.watch,
-                          watch_every_s=args.watch_every)
-            return 0
-        from flows.prepare import run_prepare
-
-        summary = run_prepare(config, dask_address=args.dask_address, dask_workers=args.dask_workers)
-    except FerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
-    return 0
+    log_path = log_file_path(artifacts_root(), args.command)
+    with routed_logs(log_path):
+        try:
+            return _run(args)
+        except FerError as exc:
+            logging.getLogger("flows").error("%s failed", args.command, exc_info=True)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"error: interrupted (log: {log_path})", file=sys.stderr)
+            return 130
+        except Exception as exc:     # noqa: BLE001 - a bug: one line here, the traceback in the log
+            logging.getLogger("flows").error("%s failed", args.command, exc_info=True)
+            print(f"error: {type(exc).__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Prefect runtime settings and task runners (local threads, a Dask LocalCluster, or a Dask cluster)."""
+"""Prefect runtime: settings, task runners (threads, a Dask LocalCluster or cluster), the temporary API server
+of a run, and the cleanup of what a killed run left behind."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +18,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "INFO",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",   # a loaded 2-core machine needs more than 20 s
 }
+log = logging.getLogger(__name__)
 
 
 def configure_prefect(results_dir: Path | None = None) -> None:
@@ -42,29 +47,129 @@ def make_task_runner(max_workers: int = 2, dask_address: str | None = None, dask
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
 
-@contextmanager
-def api_for_workers(needed: bool):
-    """Give Dask worker processes one Prefect API to report to.
+OWNER_ENV = "FER_RUN_OWNER"          # inherited by every process a run starts (server, Dask workers)
+RUNS_DIR = "_prefect/runs"
 
-    Without PREFECT_API_URL every worker process would start its own temporary server (seconds each);
-    when `needed` and no URL is set, start one temporary server here and export its URL to the
-    environment that LocalCluster workers inherit. A user-set PREFECT_API_URL is left alone.
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # someone else's process
+        return True
+    return True
+
+
+def _started_by(owner: int) -> list[int]:
+    """Live processes whose environment says run `owner` started them (a server, Dask workers)."""
+    marker = f"{OWNER_ENV}={owner}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), owner):
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _stop_pids(pids: list[int], grace_s: float = 5.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def reap_stale_runs(artifacts: Path) -> list[int]:
+    """Stop what a killed run left behind: its temporary Prefect server and worker processes.
+
+    Each run is recorded in `<artifacts>/_prefect/runs/<owner pid>.json` while it lasts, and every process
+    it starts inherits FER_RUN_OWNER=<owner pid>; a record whose owner is gone (kill -9) names processes
+    to stop. Returns the pids stopped.
     """
-    if not needed or os.environ.get("PREFECT_API_URL"):
-        yield
+    stopped: list[int] = []
+    for record_path in sorted((Path(artifacts) / RUNS_DIR).glob("*.json")):
+        try:
+            owner = int(json.loads(record_path.read_text())["owner"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record_path.unlink(missing_ok=True)
+            continue
+        if owner != os.getpid() and _alive(owner):
+            continue
+        left = _started_by(owner)
+        if left:
+            log.warning("stopping %d processes (%s) left behind by prepare pid %d", len(left),
+                        ", ".join(map(str, left)), owner)
+            _stop_pids(left)
+            stopped += left
+        record_path.unlink(missing_ok=True)
+    return stopped
+
+
+@contextmanager
+def run_record(artifacts: Path):
+    """Record this run (and mark the processes it starts) so the next run can clean up after a kill."""
+    reap_stale_runs(artifacts)
+    record_path = Path(artifacts) / RUNS_DIR / f"{os.getpid()}.json"
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps({"owner": os.getpid(), "started": time.time()}))
+    previous = os.environ.get(OWNER_ENV)
+    os.environ[OWNER_ENV] = str(os.getpid())
+    try:
+        yield record_path
+    finally:
+        if previous is None:
+            os.environ.pop(OWNER_ENV, None)
+        else:
+            os.environ[OWNER_ENV] = previous
+        record_path.unlink(missing_ok=True)
+
+
+def flush_api_logs() -> None:
+    """Send the log records Prefect's API handlers still hold (blocks until sent)."""
+    from prefect.logging.handlers import APILogHandler
+
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.extra", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, APILogHandler):
+                try:
+                    handler.flush()
+                except Exception as exc:     # noqa: BLE001 - the server may be gone already
+                    log.debug("flushing Prefect API logs failed: %s", exc)
+
+
+@contextmanager
+def temporary_api():
+    """One temporary Prefect server for this run, unless PREFECT_API_URL names one already.
+
+    The URL is exported to the environment, so Dask LocalCluster workers report to this server instead
+    of each starting their own. Use inside `run_record`, so a killed run's server is found and stopped.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield None
         return
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")))
-    os.environ["PREFECT_API_URL"] = server.api_url
     try:
+        server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")))
+        os.environ["PREFECT_API_URL"] = server.api_url
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
+            yield server.api_url
     finally:
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler.flush()          # send the last task logs before the server goes away
+        flush_api_logs()               # send the last task logs before the server goes away
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -24,8 +24,8 @@ import os
 import threading
 from pathlib import Path
 
+from pipeline.config import PrepareConfig
 from pipeline.contract.errors import ConfigError
-from pipeline.prepare import PrepareConfig
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def serve_prepare(config: PrepareConfig, name: str | None = None, cron: str | No
         raise ConfigError(f"watch_every_s must be a positive number of seconds, got {watch_every_s!r}")
     from flows.prepare import prepare_flow
     from flows.runtime import configure_prefect, make_task_runner
+    from pipeline.config import resolve_stage_configs
     from pipeline.contract.lock import artifacts_root
-    from pipeline.prepare import resolve_stage_configs
 
     resolve_stage_configs(config)            # a bad option fails here, not at the first scheduled run
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")   # inherited by the run processes

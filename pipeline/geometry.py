@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract import layouts
+from pipeline.contract.errors import ConfigError
 
 STAGE_VERSION = "1.0.0"
 
@@ -37,8 +38,8 @@ TEMPLATE_WEIGHTS = np.array([1.0, 1.0, 0.1, 0.03, 0.03])  # eyes, nose tip, mout
 BOX_SIDE_PER_IOD = 2.10
 BOX_EYES_FROM_TOP = 0.295
 
-LAYOUT_68 = 68
-LAYOUT_AFLW19 = 19
+LAYOUT_68 = layouts.IBUG68
+LAYOUT_AFLW19 = layouts.AFLW19
 
 
 def template_points(size: int) -> np.ndarray:
@@ -55,8 +56,7 @@ def five_points(points: np.ndarray) -> np.ndarray:
             points[30], points[48], points[54],
         ])
     if points.shape == (LAYOUT_AFLW19, 2):
-        # AFLW-19: 0-5 brows, 6-8 / 9-11 eyes (corner, centre, corner), 12-14 nose, 15-17 mouth, 18 chin.
-        return np.stack([points[7], points[10], points[13], points[15], points[17]])
+        return points[list(layouts.AFLW19_FIVE)]    # eye centres, nose tip, mouth corners
     if points.shape == (5, 2):
         return points
     raise ConfigError(f"cannot derive 5 alignment points from landmarks of shape {points.shape}; "
@@ -156,30 +156,46 @@ def transform_from_row(row: np.ndarray) -> np.ndarray:
 
 
 def landmarks_68_to_aflw19(points: np.ndarray) -> np.ndarray:
-    """[..., 68, 2] iBUG points -> [..., 19, 2] in the AFLW-19 layout (LA-Net's landmark branch).
-
-    Order: brows (image left: outer, middle, inner; image right: inner, middle, outer), eyes (left eye
-    outer corner, centre, inner corner; right eye inner, centre, outer), nose (left wing, tip, right wing),
-    mouth (left corner, centre, right corner), chin.
-    """
-    p = np.asarray(points, dtype=np.float32)
-    if p.shape[-2:] != (68, 2):
-        raise ConfigError(f"expected [..., 68, 2] landmarks to convert to AFLW-19, got {p.shape}")
-    left_eye = p[..., [37, 38, 40, 41], :].mean(axis=-2)
-    right_eye = p[..., [43, 44, 46, 47], :].mean(axis=-2)
-    mouth_centre = p[..., [62, 66], :].mean(axis=-2)
-    picks = [p[..., i, :] for i in (17, 19, 21, 22, 24, 26)]
-    picks += [p[..., 36, :], left_eye, p[..., 39, :], p[..., 42, :], right_eye, p[..., 45, :]]
-    picks += [p[..., 31, :], p[..., 30, :], p[..., 35, :], p[..., 48, :], mouth_centre, p[..., 54, :], p[..., 8, :]]
-    return np.stack(picks, axis=-2)
+    """[..., 68, 2] iBUG points -> [..., 19, 2] AFLW-19 (the one mapping: pipeline.contract.layouts)."""
+    return layouts.aflw19_from_ibug68(points)
 
 
 def check_layout(name: str) -> int:
     """Number of points of an output layout name ('native' -> 0, meaning keep the backend's)."""
-    layouts = {"native": 0, "ibug68": LAYOUT_68, "aflw19": LAYOUT_AFLW19}
-    if name not in layouts:
-        raise ConfigError(choices_message("landmark layout", name, layouts))
-    return layouts[name]
+    return layouts.layout_points(name)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """2x3 transform applying `inner` first, then `outer`."""
+    outer, inner = np.asarray(outer, dtype=np.float64), np.asarray(inner, dtype=np.float64)
+    return np.hstack([outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]])
+
+
+def transform_scale(transform: np.ndarray) -> float:
+    """Output pixels per source pixel of a 2x3 transform (square root of its linear part's |det|)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(transform, dtype=np.float64)[:, :2]))))
+
+
+def clip_box(box_xywh: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[x, y, w, h] clipped to the image [0, width] x [0, height]; w or h <= 0 when nothing is left."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    left, top = max(x, 0.0), max(y, 0.0)
+    right, bottom = min(x + w, float(width)), min(y + h, float(height))
+    return np.array([left, top, right - left, bottom - top])
+
+
+def crop_coverage(transform: np.ndarray, width: int, height: int, size: int, grid: int = 16) -> float:
+    """Share of a size x size crop whose source lies inside the width x height image (1 - padding share).
+
+    Measured on a grid x grid lattice of crop pixel centres mapped back through the transform.
+    """
+    ticks = (np.arange(grid) + 0.5) * (size / grid) - 0.5                    # [G]
+    xs, ys = np.meshgrid(ticks, ticks)
+    lattice = np.stack([xs.ravel(), ys.ravel()], axis=1)                      # [G*G, 2] crop pixels
+    source = map_points(lattice, invert_transform(transform)).astype(np.float64)   # [G*G, 2]
+    inside = ((source[:, 0] >= -0.5) & (source[:, 0] < width - 0.5)
+              & (source[:, 1] >= -0.5) & (source[:, 1] < height - 0.5))
+    return float(inside.mean())
 
 
 def template_box(size: int) -> np.ndarray:

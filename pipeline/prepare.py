@@ -1,236 +1,242 @@
-"""The prepare pipeline without an orchestrator: configuration, version plan, shards and assembly.
+"""The whole prepare in plain Python: sources -> faces -> landmarks -> action units -> graphs -> noise
+-> report -> manifest and lock. No orchestrator is imported here.
 
-`flows/prepare.py` runs these functions as Prefect tasks; a notebook can call them directly. The plan
-chains every stage's fingerprint (name@version, literal parameters, parents, seed) from the sources
-stage's content fingerprint, so the version id is known before any per-image work starts.
+How shards run is injected: a `ShardMapper` maps one stage's shard function over its shards. The default
+runs them one after another, `ThreadMapper(n)` on n threads; `flows/prepare.py` adds a Prefect-task
+mapper (caching, retries, progress artefacts, Dask through Prefect's task runner). From a notebook:
+
+    from pipeline.config import load_prepare_config
+    from pipeline.prepare import ThreadMapper, run_prepare
+    summary = run_prepare(load_prepare_config(overrides=["source.n=200"]), ThreadMapper(2))
+
+Every configuration error (a wrong-typed option, a missing checkpoint or binary) fails before any image
+is read; per-image stages compute only the shards no stored part holds yet, so a killed run resumes.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
-import yaml
+import pyarrow as pa
+from tqdm.auto import tqdm
 
-from pipeline.contract.errors import ConfigError
+from pipeline import assemble
+from pipeline.config import (
+    PrepareConfig,
+    StageConfigs,
+    check_backends,
+    check_dataset_root,
+    resolve_stage_configs,
+)
+from pipeline.contract.errors import ArtifactError
 from pipeline.contract.lock import artifacts_root
-from pipeline.specs import DatasetSpec, load_spec
-from pipeline.store.fingerprint import fingerprint
+from pipeline.contract.tables import ACTION_UNITS, LANDMARKS, QUARANTINE, SAMPLES, append_quarantine, write_table
+from pipeline.store.parts import PartStore
+from pipeline.store.plan import VersionPlan, plan_version, spaces_present, stage_versions, version_is_complete
+from pipeline.store.runlock import exclusive_prepare, lock_path
 
-PLAN_VERSION = "1.0"
-DEFAULT_DETECTOR = {"detect": "dlib", "given": "given", "prealigned": "prealigned"}
-DEFAULT_SPACES = ("au", "landmarks", "va")
+log = logging.getLogger(__name__)
+ShardWork = Callable[[pa.Table], int]
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
-    """Everything `make prepare` takes; nested sections are the stage configs' fields.
+class ShardMapper:
+    """Runs a prepare's work: shard functions over shards, independent calls, and single steps. Serial."""
 
-    Precedence: these defaults < a YAML file (`--config`) < command-line `--set section.key=value`.
+    name = "serial"
+
+    def map_shards(self, stage: str, work: ShardWork, shards: list[pa.Table], store_dir: Path,
+                   refresh: bool = False) -> Iterator[int]:
+        """Run `work` on every shard; yield each shard's image count as it finishes (any order).
+
+        `refresh`: the shards' parts were expected in `store_dir` but are missing, so any cache a mapper
+        keeps for them is stale.
+        """
+        for shard in shards:
+            yield work(shard)
+
+    def run_calls(self, stage: str, calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+        """Independent calls of one stage (a graph per space, the noise variants): their results by name."""
+        return {name: call() for name, call in calls.items()}
+
+    def call(self, stage: str, function: Callable[[], object]) -> object:
+        """One step in this process (sources, report)."""
+        return function()
+
+
+class ThreadMapper(ShardMapper):
+    """Shards and independent calls on `max_workers` threads of this process."""
+
+    name = "threads"
+
+    def __init__(self, max_workers: int = 2):
+        self.max_workers = max(1, int(max_workers))
+
+    def map_shards(self, stage, work, shards, store_dir, refresh=False):
+        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"prepare-{stage}")
+        try:
+            for future in as_completed([pool.submit(work, shard) for shard in shards]):
+                yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_calls(self, stage, calls):
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"prepare-{stage}") as pool:
+            futures = {name: pool.submit(call) for name, call in calls.items()}
+            return {name: future.result() for name, future in futures.items()}
+
+
+# --- work units (module level, so process-based mappers can pickle them) -------------------------
+
+def faces_shard(shard: pa.Table, image_root: Path, config, store_dir: Path) -> int:
+    PartStore(store_dir).write(assemble.faces_part(shard, image_root, config))
+    return shard.num_rows
+
+
+def landmarks_shard(shard: pa.Table, faces_dir: Path, config, store_dir: Path) -> int:
+    PartStore(store_dir).write(assemble.landmarks_part(shard, PartStore(faces_dir), config))
+    return shard.num_rows
+
+
+def action_units_shard(shard: pa.Table, faces_dir: Path, landmarks_dir: Path, config, store_dir: Path) -> int:
+    PartStore(store_dir).write(assemble.action_units_part(shard, PartStore(faces_dir), PartStore(landmarks_dir),
+                                                          config))
+    return shard.num_rows
+
+
+def build_graph(version_dir: Path, space: str, graph_config) -> dict:
+    from pipeline.stages.graphs import build_and_write_space
+
+    _, metadata = build_and_write_space(version_dir, space, graph_config)
+    return metadata
+
+
+def write_noise(version_dir: Path, variants: tuple[str, ...], num_classes: int) -> list[str]:
+    from pipeline.contract.tables import LABELS_DIR, read_table
+    from pipeline.stages.noise import write_variant_set
+
+    samples = read_table(version_dir / SAMPLES, columns=["sample_id", "split", "label"])
+    return sorted(write_variant_set(version_dir / LABELS_DIR, samples, list(variants), num_classes))
+
+
+def write_report(version_dir: Path, summary: dict) -> str:
+    from pipeline.report.build import build_report
+
+    return str(build_report(version_dir, summary))
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+def run_stage(stage: str, work: ShardWork, shards: list[pa.Table], store_dir: Path, mapper: ShardMapper,
+              progress: bool = True) -> int:
+    """Every pending shard of one per-image stage; afterwards every shard's keys are in the store.
+
+    A shard whose part is missing after its work (a stale orchestrator cache entry, a part deleted by
+    hand) runs once more with `refresh`; still missing is an error.
     """
-
-    dataset: str = "synthetic"
-    root: str | None = None
-    num_classes: int | None = None          # None: the spec's
-    source: dict = field(default_factory=dict)        # adapter options (synthetic: n, seed, size, ...)
-    shard_size: int = 250                   # images per task (100-500: one task per image is too costly)
-    max_workers: int = 2                    # bounded concurrency of shard tasks
-    align: dict = field(default_factory=dict)         # pipeline.stages.faces.AlignConfig fields
-    landmarks: dict = field(default_factory=dict)     # pipeline.stages.landmarks.LandmarkConfig fields
-    action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
-    graphs: dict = field(default_factory=dict)        # pipeline.stages.graphs.GraphConfig fields + spaces
-    noise: dict = field(default_factory=dict)         # pipeline.noise config fields (variants, ...)
-    report: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.shard_size <= 5000:
-            raise ConfigError(f"shard_size must be within 1..5000, got {self.shard_size}")
-        if self.max_workers < 1:
-            raise ConfigError(f"max_workers must be at least 1, got {self.max_workers}")
+    if not shards:
+        return 0
+    total = sum(s.num_rows for s in shards)
+    done = 0
+    with tqdm(total=total, desc=stage, unit="img", disable=not progress) as bar:
+        for count in mapper.map_shards(stage, work, shards, store_dir):
+            done += count
+            bar.update(count)
+    for attempt in range(2):
+        stored = PartStore(store_dir).done_keys()
+        missing = [s for s in shards if not set(s.column("key").to_pylist()) <= stored]
+        if not missing:
+            return done
+        if attempt == 0:
+            log.warning("%s: %d shards had no stored part after their work; running them again", stage, len(missing))
+            for _ in mapper.map_shards(stage, work, missing, store_dir, refresh=True):
+                pass
+    raise ArtifactError(f"{stage}: {len(missing)} shards left no part in {store_dir} even after a second run")
 
 
-def _parse_override(item: str) -> tuple[list[str], object]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. landmarks.backend=dlib)")
-    return key.split("."), yaml.safe_load(value)
+def _per_image_stages(config: PrepareConfig, stages: StageConfigs, plan: VersionPlan, source, mapper: ShardMapper,
+                      progress: bool) -> dict[str, int]:
+    out, samples, size = plan.version_dir, source.samples, config.shard_size
+    faces_dir, lm_dir, au_dir = (plan.store_dir(s) for s in ("faces", "landmarks", "action_units"))
+    keys = assemble.sample_keys(samples)
+    counts = {}
+    work = partial(faces_shard, image_root=source.image_root, config=stages.align, store_dir=faces_dir)
+    shards = assemble.pending_shards(PartStore(faces_dir), samples, keys, size)
+    counts["faces"] = run_stage("faces", work, shards, faces_dir, mapper, progress)
+    usable, quarantine = assemble.assemble_faces(PartStore(faces_dir), samples, keys, out, stages.align.crop_size)
+
+    work = partial(landmarks_shard, faces_dir=faces_dir, config=stages.landmarks, store_dir=lm_dir)
+    shards = assemble.pending_shards(PartStore(lm_dir), samples, keys, size, only=usable)
+    counts["landmarks"] = run_stage("landmarks", work, shards, lm_dir, mapper, progress)
+    quarantine += assemble.assemble_table(PartStore(lm_dir), samples, keys, usable, out / LANDMARKS, "landmarks")
+
+    work = partial(action_units_shard, faces_dir=faces_dir, landmarks_dir=lm_dir, config=stages.action_units,
+                   store_dir=au_dir)
+    shards = assemble.pending_shards(PartStore(au_dir), samples, keys, size, only=usable)
+    counts["action_units"] = run_stage("action units", work, shards, au_dir, mapper, progress)
+    quarantine += assemble.assemble_table(PartStore(au_dir), samples, keys, usable, out / ACTION_UNITS,
+                                          "action_units")
+    append_quarantine(out / QUARANTINE, quarantine)
+    return counts
 
 
-def load_prepare_config(path: str | Path | None = None, overrides: list[str] = (), **fields) -> PrepareConfig:
-    """Defaults < YAML file < `section.key=value` overrides < explicit keyword fields."""
-    raw: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"prepare config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        keys, value = _parse_override(item)
-        target = raw
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-        target[keys[-1]] = value
-    raw.update({k: v for k, v in fields.items() if v is not None})
-    valid = {f.name for f in dataclasses.fields(PrepareConfig)}
-    unknown = sorted(set(raw) - valid)
-    if unknown:
-        raise ConfigError(f"unknown prepare config key(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    return PrepareConfig(**raw)
+def _global_stages(stages: StageConfigs, out: Path, mapper: ShardMapper) -> dict:
+    calls = {f"graph-{space}": partial(build_graph, out, space, stages.graphs)
+             for space in spaces_present(out, stages.spaces)}
+    calls["noise"] = partial(write_noise, out, stages.noise, stages.spec.num_classes)
+    results = mapper.run_calls("graphs and noise", calls)
+    graphs = {results[name]["space"]: results[name].get("recall_at_k") for name in calls if name != "noise"}
+    return {"graphs": graphs, "noise": results["noise"]}
 
 
-def _build(cls: type, fields: dict, section: str):
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - valid)
-    if unknown:
-        raise ConfigError(f"unknown {section} option(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return cls(**converted)
+def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, progress: bool) -> dict:
+    from pipeline.sources import prepare_source
+    from pipeline.store.lockfile import ensure_lock, finish_version, samples_metadata
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    source = mapper.call("sources", partial(prepare_source, stages.spec, config.root, None,
+                                            overrides=stages.source or None, progress=progress))
+    timings["sources"] = time.perf_counter() - start
+    plan = plan_version(config, stages, source.fingerprint, stage_versions())
+    if version_is_complete(plan):
+        ensure_lock(plan)
+        log.info("version %s of %s is complete: nothing to do", plan.version, plan.dataset)
+        return {"dataset": plan.dataset, "version": plan.version, "path": str(plan.version_dir),
+                "computed": {}, "reused": True, "source": source.summary()}
+    out = plan.version_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / SAMPLES, source.samples, samples_metadata(source))
+    write_table(out / QUARANTINE, source.quarantine)
+    start = time.perf_counter()
+    counts = _per_image_stages(config, stages, plan, source, mapper, progress)
+    timings["per_image"] = time.perf_counter() - start
+    start = time.perf_counter()
+    counts.update(_global_stages(stages, out, mapper))
+    timings["global"] = time.perf_counter() - start
+    if config.report:
+        start = time.perf_counter()
+        mapper.call("report", partial(write_report, out, {"computed": counts, "seconds": dict(timings)}))
+        timings["report"] = time.perf_counter() - start
+    summary = finish_version(config, stages, plan, source, counts, timings)
+    log.info("prepared %s version %s at %s", plan.dataset, plan.version, out)
+    return summary
 
 
-@dataclass(frozen=True)
-class StageConfigs:
-    """The frozen stage configurations a PrepareConfig resolves to for one dataset spec."""
+def run_prepare(config: PrepareConfig, mapper: ShardMapper | None = None, progress: bool = True) -> dict:
+    """Prepare one dataset version; returns a summary ("dataset", "version", "path", "computed", ...).
 
-    spec: DatasetSpec
-    align: object
-    landmarks: object
-    action_units: object
-    graphs: object
-    spaces: tuple[str, ...]
-    noise: tuple[str, ...]      # noisy-label variant names
-
-
-def _graph_config(fields: dict):
-    """graphs section: KnnConfig fields (k, backend, metric, ...) and GraphConfig fields, plus `spaces`."""
-    from pipeline.knn import KnnConfig
-    from pipeline.stages.graphs import GraphConfig
-
-    spaces = tuple(fields.pop("spaces", DEFAULT_SPACES))
-    knn_names = {f.name for f in dataclasses.fields(KnnConfig)}
-    knn = _build(KnnConfig, {k: v for k, v in fields.items() if k in knn_names}, "graphs (knn)")
-    rest = {k: v for k, v in fields.items() if k not in knn_names}
-    if "sigma" in rest:
-        from pipeline.stages.graphs import DEFAULT_SIGMA
-
-        rest["sigma"] = {**DEFAULT_SIGMA, **rest["sigma"]}
-    return _build(GraphConfig, {**rest, "knn": knn}, "graphs"), spaces
-
-
-def _noise_variants(fields: dict) -> tuple[str, ...]:
-    """noise section: an explicit `variants` list, or NoiseConfig fields (kinds x rates x seeds)."""
-    from pipeline.stages.noise import NoiseConfig, parse_variant, variant_names
-
-    if "variants" in fields:
-        names = list(fields.pop("variants"))
-        if fields:
-            raise ConfigError(f"noise: give either variants or {sorted(fields)}, not both")
-        if "clean" not in names:
-            names.insert(0, "clean")
-    else:
-        names = variant_names(_build(NoiseConfig, fields, "noise"))
-    return tuple(parse_variant(n).name for n in names)
-
-
-def resolve_stage_configs(config: PrepareConfig) -> StageConfigs:
-    """Build and validate every stage's config at once, so a bad option fails before any work."""
-    from pipeline.stages.action_units import AUConfig
-    from pipeline.stages.faces import AlignConfig
-    from pipeline.stages.landmarks import LandmarkConfig
-
-    overrides = {"num_classes": config.num_classes} if config.num_classes else None
-    spec = load_spec(config.dataset, overrides=overrides)
-    align = _build(AlignConfig, {"detector": DEFAULT_DETECTOR[spec.alignment], **config.align}, "align")
-    landmarks = _build(LandmarkConfig, config.landmarks, "landmarks")
-    action_units = _build(AUConfig, config.action_units, "action_units")
-    graphs, spaces = _graph_config(dict(config.graphs))
-    noise = _noise_variants(dict(config.noise))
-    return StageConfigs(spec, align, landmarks, action_units, graphs, spaces, noise)
-
-
-@dataclass(frozen=True)
-class VersionPlan:
-    """Fingerprints of every stage, the per-image stores and the version id, known up front."""
-
-    dataset: str
-    source_fingerprint: str
-    stage_fingerprints: dict          # stage name -> fingerprint (chained)
-    store_fingerprints: dict          # per-image stage -> fingerprint of its parameter chain only
-    version: str
-    artifacts: Path
-
-    @property
-    def version_dir(self) -> Path:
-        return self.artifacts / self.dataset / self.version
-
-    def store_dir(self, stage: str) -> Path:
-        return self.artifacts / self.dataset / "_parts" / f"{stage}-{self.store_fingerprints[stage]}"
-
-
-def _params(obj) -> dict:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-
-
-def plan_version(config: PrepareConfig, stages: StageConfigs, source_fingerprint: str,
-                 stage_versions: dict[str, str], root: Path | None = None) -> VersionPlan:
-    """Chain fingerprints: sources -> faces -> landmarks -> action_units -> graphs -> noise -> version.
-
-    Store fingerprints chain only the per-image stages' parameters (not the dataset), so results keyed
-    by image content are shared by every version that uses the same parameters.
+    Options and backends are checked first (a wrong one fails before any image is read); then the run
+    holds the dataset's prepare lock under the artefact root (another run waits `lock_wait_s`, then
+    refuses naming the holder's pid).
     """
-    store_fps: dict[str, str] = {}
-    parent: tuple[str, ...] = ()
-    for name, stage_config in (("faces", stages.align), ("landmarks", stages.landmarks),
-                               ("action_units", stages.action_units)):
-        store_fps[name] = fingerprint(name, stage_versions[name], _params(stage_config), parent)
-        parent = (store_fps[name],)
-    chain = {"sources": source_fingerprint}
-    previous = source_fingerprint
-    for name in ("faces", "landmarks", "action_units"):
-        chain[name] = fingerprint(name, stage_versions[name], {"store": store_fps[name]}, (previous,))
-        previous = chain[name]
-    chain["graphs"] = fingerprint("graphs", stage_versions["graphs"],
-                                  {**_params(stages.graphs), "spaces": list(stages.spaces)}, (previous,))
-    chain["noise"] = fingerprint("noise", stage_versions["noise"], {"variants": list(stages.noise)},
-                                 (chain["sources"],))
-    version = fingerprint("version", PLAN_VERSION, {"report": config.report},
-                          (chain["graphs"], chain["noise"]), seed=config.seed)
-    return VersionPlan(stages.spec.name, source_fingerprint, chain, store_fps, version, root or artifacts_root())
-
-
-def version_is_complete(plan: VersionPlan) -> bool:
-    """A version is complete when its manifest says so (written last, after every stage)."""
-    manifest = plan.version_dir / "manifest.json"
-    if not manifest.is_file():
-        return False
-    return json.loads(manifest.read_text()).get("version") == plan.version
-
-
-def stage_versions() -> dict[str, str]:
-    """name@version of every stage module: part of every fingerprint."""
-    from pipeline.sources import STAGE_VERSION as sources_version
-    from pipeline.stages import action_units, graphs, landmarks, noise
-    from pipeline.stages import faces as detect
-
-    return {"sources": sources_version, "faces": detect.STAGE_VERSION, "landmarks": landmarks.STAGE_VERSION,
-            "action_units": action_units.STAGE_VERSION, "graphs": graphs.STAGE_VERSION, "noise": noise.STAGE_VERSION}
-
-
-SPACE_INPUTS = {"au": "action_units.parquet", "au17": "action_units.parquet", "landmarks": "landmarks.parquet",
-                "landmarks_procrustes": "landmarks.parquet", "va": "samples.parquet"}
-
-
-def spaces_present(version_dir: Path, spaces: tuple[str, ...]) -> list[str]:
-    """The configured graph spaces whose input table exists (va needs valence/arousal in samples)."""
-    import pyarrow.parquet as pq
-
-    present = []
-    for space in spaces:
-        path = Path(version_dir) / SPACE_INPUTS.get(space, f"features/{space}.parquet")
-        if not path.is_file():
-            continue
-        if space == "va" and "valence" not in pq.read_schema(path).names:
-            continue
-        present.append(space)
-    return present
+    mapper = mapper or ShardMapper()
+    stages = resolve_stage_configs(config)
+    check_dataset_root(config, stages)
+    check_backends(stages)
+    path = lock_path(artifacts_root(), stages.spec.name)
+    with exclusive_prepare(path, f"{stages.spec.name!r} into {path.parent.parent}", config.lock_wait_s):
+        return _prepare(config, stages, mapper, progress)

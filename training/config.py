@@ -10,12 +10,12 @@ unless it sets them itself.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pipeline.contract import config as contract_config
 from pipeline.contract.errors import ConfigError, choices_message
 
 CONFIG_VERSION = "1"
@@ -76,6 +76,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
+    recipe_device: str = "any"      # what the recipe is written for: cuda (the paper recipes) | cpu | any
     bf16: bool = True               # bf16 autocast (CUDA only)
     channels_last: bool = True      # CUDA only
     compile: bool = False           # torch.compile the training step
@@ -130,81 +131,23 @@ SECTIONS: dict[str, type] = {"optim": OptimConfig, "schedule": ScheduleConfig, "
                              "model": ModelConfig, "runtime": RuntimeConfig}
 
 
-def _coerce(value, hint, key: str):
-    """Convert a parsed YAML value to a dataclass field's type, or raise ConfigError."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None and (hint is type(None) or type(None) in args):
-        return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key) if len(inner) == 1 else value
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if hint is float:
-            return float(value)
-        if hint is str:
-            return str(value)
-        if hint is tuple or origin is tuple:
-            return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        if hint is dict:
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return dict(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from exc
-    return value
-
-
 def build_dataclass(cls: type, values: dict, prefix: str = ""):
-    """Instantiate a (frozen) dataclass from a dict, coercing types; unknown keys raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in (values or {}).items():
-        if key not in names:
-            raise ConfigError(choices_message(f"config key in {prefix or cls.__name__}", key, names))
-        full = f"{prefix}.{key}" if prefix else key
-        if key in SECTIONS and cls is TrainConfig:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}")
-            kwargs[key] = build_dataclass(SECTIONS[key], value, key)
-        else:
-            kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
+    """Instantiate a (frozen) dataclass from a dict, coercing types; unknown keys raise ConfigError.
+
+    The one builder of the project (pipeline.contract.config): nested sections become their dataclasses.
+    """
+    return contract_config.build_dataclass(cls, values, prefix)
 
 
-def merge(base: dict, update: dict) -> dict:
-    """Recursive dict merge (update wins); returns a new dict."""
-    out = dict(base)
-    for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+merge = contract_config.merge
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
+    """A YAML layer (a mapping); a missing file names the bundled configs."""
+    if not Path(path).is_file():
         known = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml"))
         raise ConfigError(f"config file not found: {path}; bundled configs in {CONFIGS_DIR}: {', '.join(known)}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+    return contract_config.load_yaml(path)
 
 
 def _leaf_paths(method_fields: list[str]) -> dict[str, list[str]]:
@@ -224,7 +167,7 @@ def _leaf_paths(method_fields: list[str]) -> dict[str, list[str]]:
 def apply_override(config: dict, key: str, raw_value: str, method_fields: list[str] = ()) -> dict:
     """Set one key (dotted path or unique leaf name; dashes read as underscores) from a CLI string."""
     key = key.strip().lstrip("-").replace("-", "_")
-    value = yaml.safe_load(raw_value) if isinstance(raw_value, str) else raw_value
+    value = contract_config.parse_value(raw_value)
     if "." not in key:
         candidates = _leaf_paths(list(method_fields)).get(key, [])
         if not candidates:
@@ -233,17 +176,11 @@ def apply_override(config: dict, key: str, raw_value: str, method_fields: list[s
         if len(candidates) > 1:
             raise ConfigError(f"config key {key!r} is ambiguous: {', '.join(candidates)}; use the dotted path")
         key = candidates[0]
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            if part == "method_config" or part in SECTIONS:
-                node[part] = dict(node.get(part) or {})
-            else:
-                raise ConfigError(f"config key {key!r}: {part!r} is not a section")
-        node = node[part]
-    node[parts[-1]] = value
-    return config
+    head = key.split(".")[0]
+    if "." in key and head not in SECTIONS and head != "method_config":
+        raise ConfigError(f"config key {key!r}: {head!r} is not a section; sections: "
+                          f"{', '.join([*SECTIONS, 'method_config'])}")
+    return contract_config.set_dotted(config, key, value)
 
 
 def method_config_fields(method: str) -> list[str]:

@@ -4,21 +4,21 @@
     fit(config) -> final metrics   # epochs of train_one_epoch + evaluate_run, checkpoints, report
 
 CUDA: bf16 autocast, channels_last, optional torch.compile (each child module of the method, in place),
-DDP under torchrun (gloo on CPU, nccl on CUDA; see training.distributed for per-sample state).
+DDP under torchrun (gloo on CPU, nccl on CUDA; see training.distributed for per-sample state). The device
+choice and its reason are logged (training.device), with one line when a CUDA recipe runs on a CPU.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -26,16 +26,15 @@ from tqdm import tqdm
 from pipeline.contract.classes import class_names
 from pipeline.contract.errors import ConfigError, FerError
 from training import distributed as ddp
-from training.augment import AugmentConfig
 from training.checkpoint import LAST, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import TrainConfig, build_method_config, save_config, validate_choices
 from training.data import PreparedVersion, SplitData
-from training.evaluate import classification_metrics, js_divergence, noise_memorisation, predict
-from training.loader import SplitDataset, check_needs, make_loader, to_device
+from training.device import choose_device, configure_runtime, seed_everything
+from training.evaluate import classification_metrics, flip_recovery, js_divergence_bits, predict
+from training.loader import build_sampler, check_needs, eval_loader, to_device, train_loader
 from training.methods import DataInfo, Method, StepInfo, method_class
 from training.optim import build_optimizer, build_scheduler, lr_factor  # noqa: F401 (re-exported)
 from training.report import MetricsLogger, write_report
-from training.samplers import BalancedSampler, GroupedBatchSampler, ShuffleSampler
 
 log = logging.getLogger(__name__)
 
@@ -91,70 +90,6 @@ class _TrainStep(nn.Module):
         return self.method.training_step(batch, info)
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --set runtime.device=cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def configure_runtime(config: TrainConfig, device: torch.device) -> None:
-    rt = config.runtime
-    if rt.threads > 0:
-        torch.set_num_threads(rt.threads)
-    if rt.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def build_sampler(config: TrainConfig, method: Method, version: PreparedVersion, train: SplitData,
-                  dist: ddp.DistInfo, graphs: dict):
-    d, seed = config.data, config.runtime.seed
-    common = {"seed": seed, "rank": dist.rank, "world_size": dist.world_size}
-    if "groups" in method.needs or d.sampler == "groups":
-        missing = [g for g, k in ((d.au_graph, d.au_neighbors), (d.landmark_graph, d.landmark_neighbors))
-                   if k > 0 and g not in graphs]
-        if missing:
-            raise ConfigError(f"grouped batches need graphs {missing}; {version.dataset} version {version.version} "
-                              f"has {sorted(graphs) or 'none'}")
-        return GroupedBatchSampler(len(train), graphs.get(d.au_graph), graphs.get(d.landmark_graph),
-                                   d.au_neighbors, d.landmark_neighbors, d.groups_per_batch, **common)
-    if d.sampler == "balanced":
-        return BalancedSampler(train.label, version.num_classes, config.batch_size, config.epochs, **common)
-    return ShuffleSampler(len(train), config.batch_size, **common)
-
-
-def _augment(config: TrainConfig, train: bool) -> AugmentConfig:
-    d = config.data
-    return AugmentConfig(d.image_size, train, d.random_crop, d.flip, d.color_jitter, d.erasing_p,
-                         tuple(d.erasing_scale), tuple(d.erasing_ratio))
-
-
-def _loader(config: TrainConfig, dataset: SplitDataset, sampler, device: torch.device):
-    d = config.data
-    return make_loader(dataset, sampler, d.num_workers, d.pin_memory and device.type == "cuda",
-                       d.persistent_workers, d.prefetch_factor, config.runtime.seed)
-
-
-def _eval_loader(config: TrainConfig, version: PreparedVersion, split: SplitData, device: torch.device):
-    sampler = ShuffleSampler(len(split), config.data.eval_batch_size, shuffle=False, drop_last=False)
-    dataset = SplitDataset(version, split, _augment(config, False), (), config.runtime.seed, config.data.resize)
-    return _loader(config, dataset, sampler, device)
-
-
 def make_run_dir(config: TrainConfig, dist: ddp.DistInfo) -> Path:
     root = Path(config.runtime.runs_root or os.environ.get("FER_RUNS") or
                 Path(__file__).resolve().parent.parent / "runs")
@@ -182,7 +117,7 @@ def setup(config: TrainConfig) -> Run:
     """Build everything a run needs; resumes from config.runtime.resume when set."""
     validate_choices(config)
     method_cls = method_class(config.method)
-    device = select_device(config.runtime.device)
+    device = choose_device(config)
     dist = ddp.init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -203,24 +138,22 @@ def setup(config: TrainConfig) -> Run:
     if config.runtime.compile:
         for child in method.children():
             child.compile()
-    sampler = build_sampler(config, method, version, train, dist, graphs)
-    dataset = SplitDataset(version, train, _augment(config, True), method.needs, config.runtime.seed,
-                           config.data.resize)
+    sampler = build_sampler(config, method.needs, version, train, dist, graphs)
     total = len(sampler) * config.epochs
     optimizer = build_optimizer(method, config, device)
     run_dir = make_run_dir(config, dist)
     config = config_replace(config, runtime={"run_id": run_dir.name, "runs_root": str(run_dir.parent)})
-    eval_loaders = {"test": _eval_loader(config, version, test, device)} if dist.is_main else {}
+    eval_loaders = {"test": eval_loader(config, version, test, device)} if dist.is_main else {}
     if train.flipped.any() and dist.is_main:  # rank 0 evaluates; the others wait at a barrier
         flipped = SplitData("train-flipped", config.noise, train.sample_id[train.flipped],
                             train.label[train.flipped], train.clean_label[train.flipped])
-        eval_loaders["flipped"] = _eval_loader(config, version, flipped, device)
+        eval_loaders["flipped"] = eval_loader(config, version, flipped, device)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     run = Run(config, dist, device, run_dir, version, train, test, method, step_module, optimizer,
               build_scheduler(optimizer, config, len(sampler), total), sampler,
-              _loader(config, dataset, sampler, device), eval_loaders,
+              train_loader(config, version, train, method.needs, sampler, device), eval_loaders,
               MetricsLogger(run_dir if dist.is_main else None, config.runtime.tensorboard), TrainState(), total)
     if config.runtime.resume:
         resume(run, config.runtime.resume)
@@ -254,19 +187,39 @@ def save(run: Run, name: str = LAST) -> None:
                     dataset_version=run.version.version)
 
 
-def _log_window(run: Run, losses: list[dict], correct: list, images: int, seconds: float, bar) -> None:
+@dataclass
+class _Window:
+    """Training numbers since the last metrics record (one record per runtime.log_every steps)."""
+
+    losses: list = field(default_factory=list)      # per step: {name: scalar tensor}
+    correct: list = field(default_factory=list)     # per step: batch accuracy on the training labels
+    images: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, out: dict, batch: dict) -> None:
+        self.losses.append({k: v.detach() for k, v in out.items()
+                            if k != "logits" and torch.is_tensor(v) and v.dim() == 0})
+        if "logits" in out and out["logits"].shape[0] == batch["label"].shape[0]:
+            self.correct.append((out["logits"].detach().argmax(1) == batch["label"]).float().mean())
+        self.images += batch["label"].shape[0]
+
+
+def _log_window(run: Run, window: _Window, bar) -> _Window:
+    """Write the window's means to metrics.jsonl and the progress bar; returns a fresh window."""
     record = {"kind": "train", "step": run.state.step, "epoch": run.state.epoch}
-    for key in losses[0]:
-        record[key] = float(torch.stack([part[key] for part in losses]).float().mean())
+    for key in window.losses[0]:
+        record[key] = float(torch.stack([part[key] for part in window.losses]).float().mean())
     if not math.isfinite(record["loss"]):
         raise FerError(f"the training loss became {record['loss']} at step {run.state.step}; lower optim.lr, "
                        f"set optim.grad_clip, or disable bf16 (--set runtime.bf16=false)")
-    if correct:
-        record["train_acc"] = float(torch.stack(correct).float().mean())
+    if window.correct:
+        record["train_acc"] = float(torch.stack(window.correct).float().mean())
     record["lr"] = run.optimizer.param_groups[0]["lr"]
-    record["images_per_s"] = images * run.dist.world_size / max(seconds, 1e-9)
+    record["images_per_s"] = window.images * run.dist.world_size / max(time.perf_counter() - window.start, 1e-9)
     run.logger.log(record)
-    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+    bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('train_acc', float('nan')):.3f}",
+                    img_s=f"{record['images_per_s']:.0f}")
+    return _Window()
 
 
 def train_step(run: Run, batch: dict, info: StepInfo) -> dict:
@@ -284,30 +237,29 @@ def train_step(run: Run, batch: dict, info: StepInfo) -> dict:
 
 
 def train_one_epoch(run: Run) -> bool:
-    """Train the rest of run.state.epoch; True when max_steps stopped it early."""
+    """Train the rest of run.state.epoch under a progress bar; True when max_steps stopped it early."""
     cfg, state = run.config, run.state
     run.sampler.set_epoch(state.epoch, state.position)
     run.method.train()
-    bar = tqdm(run.train_loader, total=run.sampler.remaining(), desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-               disable=not (cfg.runtime.progress and run.dist.is_main), dynamic_ncols=True, leave=False)
-    losses, correct, images, tic = [], [], 0, time.perf_counter()
-    for raw in bar:
+    bar = tqdm(total=run.sampler.remaining(), desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=not (cfg.runtime.progress and run.dist.is_main), dynamic_ncols=True)
+    window = _Window()
+    for raw in run.train_loader:
         batch = to_device(raw, run.device, run.channels_last)
         out = train_step(run, batch, StepInfo(state.epoch, state.step, run.total_steps, cfg.epochs))
         state.step, state.position = state.step + 1, state.position + 1
-        losses.append({k: v.detach() for k, v in out.items() if k != "logits" and torch.is_tensor(v) and v.dim() == 0})
-        if "logits" in out and out["logits"].shape[0] == batch["label"].shape[0]:
-            correct.append((out["logits"].detach().argmax(1) == batch["label"]).float().mean())
-        images += batch["label"].shape[0]
+        window.add(out, batch)
+        bar.update(1)
         if state.step % cfg.runtime.log_every == 0:
-            _log_window(run, losses, correct, images, time.perf_counter() - tic, bar)
-            losses, correct, images, tic = [], [], 0, time.perf_counter()
+            window = _log_window(run, window, bar)
         if cfg.runtime.ckpt_every_steps and state.step % cfg.runtime.ckpt_every_steps == 0:
             save(run)
         if cfg.runtime.max_steps and state.step >= cfg.runtime.max_steps:
+            bar.close()
             return True
-    if losses:
-        _log_window(run, losses, correct, images, time.perf_counter() - tic, bar)
+    if window.losses:
+        _log_window(run, window, bar)
+    bar.close()
     return False
 
 
@@ -327,25 +279,37 @@ def evaluate_run(run: Run, diagnostics: dict | None = None) -> dict:
         record.update({f"test_{k}" if k in ("accuracy", "mean_class_accuracy") else k: v for k, v in metrics.items()})
         if "flipped" in run.eval_loaders:
             flipped = predict(run.method, run.eval_loaders["flipped"], run.device, **kw)
-            record.update(noise_memorisation(flipped["logits"].argmax(1), flipped["label"], flipped["clean_label"]))
-        targets = run.method.target_distributions()
-        if targets is not None:
-            t = targets.detach().float().cpu().numpy()
-            if run.train.flipped.any():
-                record["target_recovered"] = float((t[run.train.flipped].argmax(1) ==
-                                                    run.train.clean_label[run.train.flipped]).mean())
-            if run.version.votes is not None:
-                record["votes_js"] = float(js_divergence(t, run.version.votes[run.train.sample_id]).mean())
+            recovery = flip_recovery(flipped["logits"].argmax(1), flipped["label"], flipped["clean_label"])
+            record.update({k: recovery[k] for k in ("n_flipped", "recovered", "memorised")})
+        record.update(distribution_metrics(run))
         run.logger.log({k: v for k, v in record.items() if k not in ("confusion", "per_class_accuracy")})
+        log.info("epoch %d/%d: test accuracy %.4f, mean class accuracy %.4f%s", run.state.epoch,
+                 run.config.epochs, record["test_accuracy"], record["test_mean_class_accuracy"],
+                 f", flipped recovered {record['recovered']:.3f}" if "recovered" in record else "")
     ddp.barrier()
     return record
 
 
+def distribution_metrics(run: Run) -> dict:
+    """For a method that keeps per-sample label distributions [N_train, C]: flip recovery of their argmax
+    (`target_recovered`) and their Jensen-Shannon divergence in bits from the votes (`votes_js_bits`)."""
+    targets = run.method.target_distributions()
+    if targets is None:
+        return {}
+    t = targets.detach().float().cpu().numpy()  # [N_train, C]
+    out = {}
+    if run.train.flipped.any():
+        out["target_recovered"] = flip_recovery(t.argmax(1), run.train.label, run.train.clean_label)["recovered"]
+    if run.version.votes is not None:
+        out["votes_js_bits"] = float(js_divergence_bits(t, run.version.votes[run.train.sample_id]).mean())
+    return out
+
+
 def fit(config: TrainConfig) -> dict:
-    """Train `config` to the end (or to runtime.max_steps); returns the last evaluation record."""
+    """Train `config` to the end (or to runtime.max_steps); returns the last evaluation record and `run_dir`."""
     run = setup(config)
     try:
-        return _fit(run)
+        return {**_fit(run), "run_dir": str(run.run_dir)}
     finally:
         run.logger.close()
         ddp.shutdown()
@@ -377,8 +341,6 @@ def _fit(run: Run) -> dict:
 
 
 def _write_outputs(run: Run, final: dict) -> None:
-    import json
-
     cfg = run.config
     summary = {"run_id": run.run_dir.name, "dataset": cfg.dataset, "dataset_version": run.version.version,
                "method": cfg.method, "noise": cfg.noise, "steps": run.state.step, "epochs_done": run.state.epoch,

@@ -1,8 +1,10 @@
-"""Evaluation: accuracy, mean class accuracy, confusion matrix; memorisation of flipped training labels.
+"""Evaluation: accuracy, mean class accuracy, confusion matrix; flip recovery; Jensen-Shannon divergence.
 
 On a noisy variant, a flipped training sample is *recovered* when the model predicts its clean label and
-*memorised* when it predicts the noisy label it was trained on. For datasets with votes (FERPlus), the
-Jensen-Shannon divergence between a method's per-sample label distributions and the votes.
+*memorised* when it predicts the noisy label it was trained on (`flip_recovery`, the one copy: the engine
+applies it to predictions and to methods' label distributions, LA-Net's diagnostics to its targets). For
+datasets with votes (FERPlus; the synthetic set's true distributions), `js_divergence_bits` (the one copy,
+in bits) between a method's per-sample label distributions and the votes.
 """
 from __future__ import annotations
 
@@ -50,20 +52,45 @@ def classification_metrics(target: np.ndarray, pred: np.ndarray, num_classes: in
             "confusion": cm.tolist(), "n": int(cm.sum())}
 
 
-def noise_memorisation(pred: np.ndarray, label: np.ndarray, clean_label: np.ndarray) -> dict:
-    """Among flipped samples (label != clean_label): share predicted clean (recovered) / noisy (memorised)."""
-    flipped = label != clean_label
-    n = int(flipped.sum())
-    if n == 0:
-        return {"n_flipped": 0, "recovered": float("nan"), "memorised": float("nan")}
-    return {"n_flipped": n, "recovered": float((pred[flipped] == clean_label[flipped]).mean()),
-            "memorised": float((pred[flipped] == label[flipped]).mean())}
+def flip_recovery(pred, label, clean_label) -> dict:
+    """The one flip-recovery measure: how predictions treat flipped (label != clean_label) samples.
+
+    pred, label, clean_label: [n] class ids (numpy arrays or CPU tensors); rows whose clean_label is < 0
+    (unknown, e.g. a sample not seen yet) are left out. Returns
+      n_flipped       how many known rows are flipped
+      flipped_share   n_flipped / known rows
+      recovered       share of flipped rows predicted as their clean class
+      memorised       share of flipped rows predicted as the noisy label they were trained on
+      kept_agreement  share of kept rows (label == clean_label) predicted as that label
+    A share over no rows is NaN.
+    """
+    pred, label, clean = (np.asarray(a, dtype=np.int64) for a in (pred, label, clean_label))
+    known = clean >= 0
+    flipped, kept = known & (label != clean), known & (label == clean)
+
+    def share(hit: np.ndarray, rows: np.ndarray) -> float:
+        return float(hit[rows].mean()) if rows.any() else float("nan")
+
+    return {"n_flipped": int(flipped.sum()), "flipped_share": int(flipped.sum()) / max(1, int(known.sum())),
+            "recovered": share(pred == clean, flipped), "memorised": share(pred == label, flipped),
+            "kept_agreement": share(pred == clean, kept)}
 
 
-def js_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise Jensen-Shannon divergence (natural log) between distributions [n, C]."""
+def js_divergence_bits(p, q, eps: float = 1e-12) -> np.ndarray:
+    """The one Jensen-Shannon divergence, in bits (log base 2, so within [0, 1]), row-wise: [n, C], [n, C] -> [n].
+
+    JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2 (LA-Net eq. 15). Rows are
+    renormalised to sum to 1 first; terms with a zero probability count 0. Metric keys that carry it end
+    in `_js_bits`.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
     p = p / np.maximum(p.sum(1, keepdims=True), eps)
     q = q / np.maximum(q.sum(1, keepdims=True), eps)
     m = (p + q) / 2
-    kl = lambda a, b: (a * (np.log(a + eps) - np.log(b + eps))).sum(1)
+
+    def kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        terms = a * (np.log2(np.maximum(a, eps)) - np.log2(np.maximum(b, eps)))  # [n, C]
+        return np.where(a > 0, terms, 0.0).sum(1)
+
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)

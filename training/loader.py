@@ -5,6 +5,7 @@
 per-sample fields a method `needs`. `to_device` moves it (pinned, non-blocking) and finishes the images on
 the device: float, colour jitter, normalisation, random erasing, channels_last. `make_loader` wires a
 DataLoader with workers, pinned memory and persistent workers so the device is not kept waiting.
+`build_sampler`, `train_loader` and `eval_loader` build them from a run's TrainConfig.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from pipeline.contract.errors import ConfigError
 from training.augment import AugmentConfig, crop_flip, finish_images, move_landmarks, sample_params
 from training.data import PreparedVersion, SplitData
-from training.samplers import BatchRequest
+from training.samplers import BalancedSampler, BatchRequest, GroupedBatchSampler, ShuffleSampler
 
 KNOWN_NEEDS = frozenset({"landmarks", "aus", "va", "votes", "two_views", "groups"})
 
@@ -121,3 +122,52 @@ def make_loader(dataset: SplitDataset, sampler, num_workers: int = 0, pin_memory
     return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers,
                                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
                                        **kwargs)
+
+
+# ------------------------------------------------------------------------------------ from a TrainConfig
+def build_sampler(config, needs: Iterable[str], version: PreparedVersion, train: SplitData, dist, graphs: dict):
+    """The training sampler a config asks for: grouped batches (when the method needs groups), balanced, shuffle.
+
+    `dist` is the run's training.distributed.DistInfo; `graphs` maps space -> (neighbours, similarity)
+    of the training split (PreparedVersion.train_graph).
+    """
+    d, seed = config.data, config.runtime.seed
+    common = {"seed": seed, "rank": dist.rank, "world_size": dist.world_size}
+    if "groups" in needs or d.sampler == "groups":
+        missing = [g for g, k in ((d.au_graph, d.au_neighbors), (d.landmark_graph, d.landmark_neighbors))
+                   if k > 0 and g not in graphs]
+        if missing:
+            raise ConfigError(f"grouped batches need graphs {missing}; {version.dataset} version {version.version} "
+                              f"has {sorted(graphs) or 'none'}")
+        return GroupedBatchSampler(len(train), graphs.get(d.au_graph), graphs.get(d.landmark_graph),
+                                   d.au_neighbors, d.landmark_neighbors, d.groups_per_batch, **common)
+    if d.sampler == "balanced":
+        return BalancedSampler(train.label, version.num_classes, config.batch_size, config.epochs, **common)
+    return ShuffleSampler(len(train), config.batch_size, **common)
+
+
+def augment_config(config, train: bool) -> AugmentConfig:
+    d = config.data
+    return AugmentConfig(d.image_size, train, d.random_crop, d.flip, d.color_jitter, d.erasing_p,
+                         tuple(d.erasing_scale), tuple(d.erasing_ratio))
+
+
+def _config_loader(config, dataset: SplitDataset, sampler, device: torch.device):
+    d = config.data
+    return make_loader(dataset, sampler, d.num_workers, d.pin_memory and device.type == "cuda",
+                       d.persistent_workers, d.prefetch_factor, config.runtime.seed)
+
+
+def train_loader(config, version: PreparedVersion, train: SplitData, needs: Iterable[str], sampler,
+                 device: torch.device):
+    """The augmented training loader: batches of `train` in the sampler's order, with what `needs` asks for."""
+    dataset = SplitDataset(version, train, augment_config(config, True), needs, config.runtime.seed,
+                           config.data.resize)
+    return _config_loader(config, dataset, sampler, device)
+
+
+def eval_loader(config, version: PreparedVersion, split: SplitData, device: torch.device):
+    """An unshuffled, unaugmented loader over `split` (evaluation, branch selection)."""
+    sampler = ShuffleSampler(len(split), config.data.eval_batch_size, shuffle=False, drop_last=False)
+    dataset = SplitDataset(version, split, augment_config(config, False), (), config.runtime.seed, config.data.resize)
+    return _config_loader(config, dataset, sampler, device)

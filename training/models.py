@@ -1,4 +1,5 @@
-"""Backbones: torchvision ResNet-18/50 (random init, no downloads) and a tiny CNN for CPU tests.
+"""Backbones: torchvision ResNet-18/50 (random init, no downloads), a small CIFAR-style ResNet for CPU
+benchmarks (`resnet_small`) and a tiny CNN for CPU tests.
 
 `build_backbone(name, weights_path)` returns (module mapping [B, 3, H, W] -> [B, D] features, D). Initial
 weights (e.g. an MS-Celeb-1M ResNet checkpoint) load from a file with `weights_only=True`; keys are
@@ -18,7 +19,8 @@ from pipeline.contract.errors import ConfigError, choices_message
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("resnet18", "resnet50", "tiny")
+BACKBONES = ("resnet18", "resnet50", "resnet_small", "tiny")
+SMALL_RESNET_WIDTH = 32        # resnet_small: channels of the first stage (then x2, x4, x8)
 # Wrapper prefixes stripped (repeatedly) from checkpoint keys: DataParallel/DDP, common model wrappers.
 STRIP_PREFIXES = ("module.", "backbone.", "features.", "encoder.", "model.", "base.", "net.", "_orig_mod.")
 # Keys of classifier heads that are not part of a feature backbone.
@@ -58,6 +60,39 @@ class TinyBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).mean(dim=(2, 3))  # [B, D]
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet for 32-112 px inputs on a CPU: [B, 3, H, W] -> [B, 8 * width].
+
+    3x3 stem without max-pool (small inputs keep their resolution), four stages of torchvision
+    BasicBlocks at widths (w, 2w, 4w, 8w) with strides (1, 2, 2, 2), global average pooling. With
+    width 32 and one block per stage it has 1.2M parameters: enough capacity to memorise a few
+    thousand noisy labels, the regime where label-noise methods have something to correct.
+    """
+
+    def __init__(self, width: int = SMALL_RESNET_WIDTH, blocks: tuple[int, ...] = (1, 1, 1, 1)):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
+        stages, channels = [], width
+        for index, count in enumerate(blocks):
+            out, stride = width * 2 ** index, 1 if index == 0 else 2
+            layers = []
+            for b in range(count):
+                down = None
+                if b == 0 and (stride != 1 or channels != out):
+                    down = nn.Sequential(nn.Conv2d(channels, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+                layers.append(BasicBlock(channels, out, stride if b == 0 else 1, down))
+                channels = out
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.out_dim = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x)).mean(dim=(2, 3))  # [B, 3, H, W] -> [B, D]
 
 
 def _resnet(name: str) -> tuple[nn.Module, int]:
@@ -133,6 +168,9 @@ def build_backbone(name: str, weights_path: str | Path | None = None) -> tuple[n
     """A feature extractor ([B, 3, H, W] -> [B, D]) and its feature size D."""
     if name == "tiny":
         module: nn.Module = TinyBackbone()
+        dim = module.out_dim
+    elif name == "resnet_small":
+        module = SmallResNet()
         dim = module.out_dim
     elif name in ("resnet18", "resnet50"):
         module, dim = _resnet(name)

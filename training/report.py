@@ -112,7 +112,7 @@ def write_report(run_dir: Path, final: dict, classes: tuple[str, ...], header: d
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "| metric | value |", "| --- | --- |"]
     for key in ("test_accuracy", "test_mean_class_accuracy", "n_flipped", "recovered", "memorised",
-                "target_recovered", "votes_js"):
+                "target_recovered", "votes_js_bits"):
         if key in final:
             value = final[key]
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 import yaml
 
+from pipeline.contract.config import parse_set
 from pipeline.contract.errors import ConfigError, FerError
 
 EXAMPLES = """
@@ -29,9 +32,11 @@ examples:
 common keys: epochs batch_size version optim.{name,lr,weight_decay,momentum,grad_clip}
   schedule.{name,warmup_epochs,min_lr_ratio} data.{image_size,resize,sampler,num_workers,flip,color_jitter,
   erasing_p,groups_per_batch,au_neighbors,landmark_neighbors} model.{backbone,weights}
-  runtime.{device,bf16,channels_last,compile,deterministic,seed,max_steps,runs_root,run_id,eval_every,log_every}
+  runtime.{device,recipe_device,bf16,channels_last,compile,deterministic,seed,max_steps,runs_root,run_id,
+  eval_every,log_every,progress,tensorboard}
   method_config.<any field of the method's config> (see training/configs/<method>.yaml)
 outputs: runs/<run-id>/ config.yaml metrics.jsonl tensorboard/ checkpoints/last.pt results.json report.md
+  (printed at the end, with the TensorBoard command); the device choice and its reason are logged first
 """
 
 
@@ -47,12 +52,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides.append((key, value))
+    overrides = [parse_set(item) for item in args.set]   # the one --set parser (pipeline.contract.config)
     i = 0
     while i < len(rest):
         token = rest[i]
@@ -101,12 +101,39 @@ def main(argv: list[str] | None = None) -> int:
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if final:
+    if final and os.environ.get("RANK", "0") == "0":   # under torchrun only rank 0 reports
         print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
               f"mean class accuracy {final.get('test_mean_class_accuracy', float('nan')):.4f}"
               + (f", flipped recovered {final['recovered']:.3f} / memorised {final['memorised']:.3f}"
                  if final.get("n_flipped") else ""))
+        print(run_pointers(Path(final["run_dir"])))
     return 0
+
+
+def run_pointers(run_dir: Path) -> str:
+    """Where a finished run's outputs are: its report and the TensorBoard command (paths as typed here)."""
+    lines = [f"run: {_relative(run_dir)}"]
+    report = run_dir / "report.md"
+    lines.append(f"report: {_relative(report)}" if report.is_file() else
+                 f"report: off (runtime.report=false); results in {_relative(run_dir / 'results.json')}")
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(f"tensorboard: {_tensorboard_command()} --logdir {_relative(run_dir / 'tensorboard')}")
+    else:
+        lines.append(f"tensorboard: off (runtime.tensorboard=false); metrics in {_relative(run_dir / 'metrics.jsonl')}")
+    return "\n".join(lines)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _tensorboard_command() -> str:
+    """The tensorboard launcher beside this interpreter (the project's .venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "tensorboard"
+    return _relative(beside) if beside.is_file() else "tensorboard"
 
 
 if __name__ == "__main__":

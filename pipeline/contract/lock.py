@@ -1,7 +1,10 @@
 """Version locks (data_manifests/versions/<dataset>/<version>.json) and the declared roots.
 
-The lock is the record of one prepared version: its stages, parameters and outputs. It is written
-atomically, last, only after every stage succeeded, and `latest` points at the newest lock.
+The lock is the record of one prepared version: its stages, parameters, source files and outputs (each
+with its content hash and size). It is written atomically, last, only after every stage succeeded, and
+`latest` points at the newest lock. It holds no absolute path: every path is recorded relative to one of
+the declared roots (`{"root": "cache", "path": "sources/synthetic"}`), so a lock means the same on every
+machine and can be committed.
 """
 from __future__ import annotations
 
@@ -49,6 +52,52 @@ def artifacts_root() -> Path:
     """`artifacts/` of the project (git-ignored), or $FER_ARTIFACTS."""
     env = os.environ.get("FER_ARTIFACTS")
     return Path(env) if env else PROJECT_ROOT / "artifacts"
+
+
+def cache_root() -> Path:
+    """The per-user cache (hash cache, materialised source images): $FER_CACHE, default ~/.cache/fer-noise."""
+    env = os.environ.get("FER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "fer-noise"
+
+
+def declared_roots(dataset_root: str | Path | None = None) -> dict[str, Path]:
+    """The roots lock paths are relative to: artifacts, cache, data ($FER_DATA_ROOT, when set) and the
+    dataset root of a run (when given)."""
+    roots = {"artifacts": artifacts_root(), "cache": cache_root(), "manifests": manifests_root()}
+    if os.environ.get("FER_DATA_ROOT"):
+        roots["data"] = Path(os.environ["FER_DATA_ROOT"])
+    if dataset_root is not None:
+        roots["dataset"] = Path(dataset_root)
+    return {name: Path(os.path.abspath(path.expanduser())) for name, path in roots.items()}
+
+
+def relative_record(path: str | Path, roots: Mapping[str, Path], exclude: Sequence[str] = ()) -> dict:
+    """`{"root": name, "path": relative posix path}` under the deepest declared root holding `path`.
+
+    A path outside every root keeps only its file name, with `"root": null`: never an absolute path.
+    """
+    absolute = Path(os.path.abspath(Path(path).expanduser()))
+    best: tuple[int, str, Path] | None = None
+    for name, root in roots.items():
+        if name in exclude:
+            continue
+        try:
+            relative = absolute.relative_to(root)
+        except ValueError:
+            continue
+        if best is None or len(root.parts) > best[0]:
+            best = (len(root.parts), name, relative)
+    if best is None:
+        return {"root": None, "path": absolute.name}
+    return {"root": best[1], "path": best[2].as_posix() or "."}
+
+
+def resolve_record(record: Mapping[str, object], roots: Mapping[str, Path]) -> Path | None:
+    """The path a relative record names under `roots`; None when its root is not declared here."""
+    root = record.get("root")
+    if root not in roots:
+        return None
+    return roots[root] / str(record.get("path") or ".")
 
 
 def version_dir(dataset: str, version: str, root: Path | None = None) -> Path:

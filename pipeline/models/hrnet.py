@@ -197,25 +197,39 @@ def clean_state_dict(raw: dict) -> dict[str, torch.Tensor]:
     """Unwrap {'state_dict': ...} training checkpoints and strip DataParallel's 'module.' prefix."""
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
     if not isinstance(state, dict):
-        raise ConfigError(f"HRNet checkpoint holds a {type(state).__name__}, expected a state dict")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+        raise ConfigError(f"the HRNet checkpoint (LandmarkConfig.hrnet_checkpoint) holds a {type(state).__name__}, "
+                          "expected a state dict")
+    return {(k.removeprefix("module.")): v for k, v in state.items()}
 
 
-def load_hrnet(path: str | Path, map_location: str = "cpu") -> HRNetW18:
-    """Build HRNetV2-W18 with as many points as the checkpoint's head has, load it (weights_only) and eval()."""
+def load_hrnet(path: str | Path, map_location: str = "cpu", key: str = "LandmarkConfig.hrnet_checkpoint") -> HRNetW18:
+    """Build HRNetV2-W18 with as many points as the checkpoint's head has, load it (weights_only) and eval().
+
+    Every failure names the config key and the file: BackendMissingError when the file is absent,
+    ConfigError when it cannot be read as a torch checkpoint or does not match HRNetV2-W18.
+    """
     path = Path(path)
     if not path.is_file():
-        raise BackendMissingError(f"HRNet checkpoint not found at {path}; set LandmarkConfig.hrnet_checkpoint to a "
+        raise BackendMissingError(f"HRNet checkpoint not found at {path}; set {key} to a "
                                   "HRNet facial-landmark .pth (HR18-AFLW / HR18-300W / HR18-WFLW / HR18-COFW)")
-    state = clean_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{key} {str(path)!r} cannot be read as a torch checkpoint: "
+                          f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    state = clean_state_dict(raw)
     head = state.get("head.3.weight")
     if head is None:
-        raise ConfigError(f"{path} is not an HRNet facial-landmark checkpoint: no 'head.3.weight' key")
+        raise ConfigError(f"{key} {str(path)!r} is not an HRNet facial-landmark checkpoint: no 'head.3.weight' key")
     model = HRNetW18(num_points=int(head.shape[0]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:        # shape mismatches (another width, another head)
+        raise ConfigError(f"{key} {str(path)!r} does not match HRNetV2-W18: {str(exc)[:400]}") from exc
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ConfigError(f"{path} does not match HRNetV2-W18: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ConfigError(f"{key} {str(path)!r} does not match HRNetV2-W18: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
     if model.num_points not in KNOWN_POINT_COUNTS:
         log.warning("HRNet checkpoint %s predicts %d points, not a known layout %s",
                     path, model.num_points, sorted(KNOWN_POINT_COUNTS))

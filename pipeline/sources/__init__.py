@@ -42,6 +42,9 @@ class SourceResult:
     fingerprint: str
     image_root: Path
     exclusions: Counter = field(default_factory=Counter)
+    inputs: int | None = None   # input rows (or files) the adapter read: kept + quarantined + excluded
+    root: Path | None = None    # the dataset root the adapter read (lock paths are relative to it)
+    label_files: list[Path] = field(default_factory=list)   # files whose content defines the labels
 
     @property
     def metadata(self) -> dict:
@@ -58,7 +61,8 @@ class SourceResult:
             row = per_split.setdefault(split, {name: 0 for name in self.spec.classes})
             row[self.spec.classes[label]] += 1
         reasons = Counter(self.quarantine.column("reason").to_pylist())
-        return {"dataset": self.spec.name, "samples": self.samples.num_rows, "per_split": per_split,
+        return {"dataset": self.spec.name, "inputs": self.inputs, "samples": self.samples.num_rows,
+                "per_split": per_split,
                 "exclusions": dict(sorted(self.exclusions.items())),
                 "quarantine": dict(sorted(reasons.items())), "fingerprint": self.fingerprint}
 
@@ -108,7 +112,8 @@ def prepare_source(dataset: str | DatasetSpec, root: str | Path | None, out_dir:
               "label_files": [hash_file(p) for p in scan.label_files]}
     stage_fp = fingerprint(STAGE_NAME, STAGE_VERSION, params)
     quarantine = quarantine_table(scan.quarantine)
-    result = SourceResult(spec, samples, quarantine, stage_fp, scan.image_root, scan.exclusions)
+    result = SourceResult(spec, samples, quarantine, stage_fp, scan.image_root, scan.exclusions, scan.inputs,
+                          root_path, list(scan.label_files))
     if out_dir is not None:
         write_table(Path(out_dir) / SAMPLES, samples, result.metadata)
         write_table(Path(out_dir) / QUARANTINE, quarantine, {"fingerprint": stage_fp})

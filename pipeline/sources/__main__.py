@@ -10,8 +10,7 @@ import json
 import logging
 import sys
 
-import yaml
-
+from pipeline.contract.config import overrides_to_dict
 from pipeline.contract.errors import FerError
 from pipeline.sources import prepare_source
 from pipeline.specs import known_specs
@@ -20,6 +19,8 @@ from pipeline.specs import known_specs
 def format_summary(summary: dict) -> str:
     """A human-readable table of the source summary."""
     lines = [f"dataset {summary['dataset']}: {summary['samples']} samples (fingerprint {summary['fingerprint']})"]
+    if summary.get("inputs") is not None:
+        lines.append(f"  input rows or files: {summary['inputs']} (= kept + quarantined + excluded)")
     for split, counts in summary["per_split"].items():
         total = sum(counts.values())
         detail = ", ".join(f"{name} {count}" for name, count in counts.items())
@@ -46,14 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        overrides[key] = yaml.safe_load(value)
     try:
+        overrides = overrides_to_dict(args.set)     # the one --set parser (pipeline.contract.config)
         result = prepare_source(args.dataset, args.root, args.out, overrides or None, progress=not args.quiet)
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)

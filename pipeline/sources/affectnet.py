@@ -2,22 +2,25 @@
 
 Columns: subDirectory_filePath, face_x, face_y, face_width, face_height, facial_landmarks
 ("x;y;x;y;..." 68 points), expression, valence, arousal. A header row may or may not be present:
-it is detected, not assumed. Native ids 8 (none), 9 (uncertain), 10 (no-face) are excluded and
-counted; so is contempt (7) in a 7-class view. NULL or non-positive boxes are quarantined.
+it is detected, not assumed (a header repeated further down, as left by concatenating files, is an
+excluded row). Native ids 8 (none), 9 (uncertain), 10 (no-face) are excluded and counted; so is
+contempt (7) in a 7-class view. Boxes that are NULL, non-numeric, non-finite, negative or without
+area are quarantined (`bad_box`), as are landmark strings that are present but not 68 finite points
+(`bad_landmarks`); an empty or NULL landmark field keeps the row without points. Valence or arousal outside
+[-1, 1] (AffectNet writes -2 for "not annotated") or non-numeric is stored as null.
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.contract.errors import ConfigError
-from pipeline.sources.base import SourceRecord, SourceScan
+from pipeline.sources.base import SourceRecord, SourceScan, fit_cells, read_csv_rows
 from pipeline.specs import DatasetSpec
 
-ADAPTER_VERSION = "1.0"
+ADAPTER_VERSION = "1.1"
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
            "facial_landmarks", "expression", "valence", "arousal")
 LANDMARK_POINTS = 68
@@ -28,7 +31,7 @@ def _image_root(root: Path, spec: DatasetSpec) -> Path:
         if (root / candidate).is_dir():
             return root / candidate
     raise ConfigError(
-        f"no AffectNet image folder under {root}; looked for {', '.join(spec.image_dirs)}"
+        f"no AffectNet image folder under {root}; looked for {', '.join(spec.image_dirs)} (spec key image_dirs)"
     )
 
 
@@ -40,12 +43,40 @@ def _float(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _parse_row(row: list[str], split: str, spec: DatasetSpec, scan: SourceScan) -> SourceRecord | None:
-    relpath = row[0].strip() if row else ""
-    if len(row) != len(COLUMNS):
-        scan.quarantine_row(relpath, "malformed_row", f"{len(row)} fields, expected {len(COLUMNS)}")
-        return None
-    native = row[6].strip()
+def _unit_interval(text: str) -> float | None:
+    value = _float(text)
+    return value if value is not None and -1.0 <= value <= 1.0 else None
+
+
+def _is_header(cells: list[str]) -> bool:
+    return bool(cells) and cells[0].lower() == COLUMNS[0].lower()
+
+
+def _box_problem(cells: list[str]) -> tuple[list[float] | None, str]:
+    """([x, y, w, h], "") or (None, why) for the four box cells."""
+    box = [_float(v) for v in cells]
+    if any(v is None for v in box):
+        return None, f"NULL, non-numeric or non-finite face box {cells}"
+    if box[0] < 0 or box[1] < 0:
+        return None, f"negative face box origin {cells}"
+    if box[2] <= 0 or box[3] <= 0:
+        return None, f"face box without area {cells}"
+    return box, ""
+
+
+def _landmarks(text: str) -> tuple[np.ndarray | None, str]:
+    """([2P] float32 or None when the field is empty, "") or (None, why) when present but unusable."""
+    tokens = [t for t in text.split(";") if t.strip()]
+    if not tokens or (len(tokens) == 1 and tokens[0].upper() == "NULL"):
+        return None, ""
+    points = [_float(t) for t in tokens]
+    if len(points) != 2 * LANDMARK_POINTS or any(p is None for p in points):
+        return None, f"{len(points)} values (need {2 * LANDMARK_POINTS} finite numbers: 68 x;y points)"
+    return np.asarray(points, dtype=np.float32), ""   # [136] x, y interleaved
+
+
+def _label_verdict(native: str, relpath: str, spec: DatasetSpec, scan: SourceScan) -> int | None:
+    """The canonical label, or None after recording the row as excluded or quarantined."""
     if native in spec.excluded:
         scan.exclusions[spec.excluded[native]] += 1
         return None
@@ -54,39 +85,58 @@ def _parse_row(row: list[str], split: str, spec: DatasetSpec, scan: SourceScan) 
         if native in spec.class_map:  # a real class outside this view (contempt in 7-class)
             scan.exclusions[f"{spec.class_map[native]}_outside_{spec.num_classes}_class_view"] += 1
         else:
-            scan.quarantine_row(relpath, "label_outside_class_set", f"expression {native!r}")
+            valid = ", ".join(sorted(spec.class_map, key=lambda k: (len(k), k)))
+            scan.quarantine_row(relpath, "label_outside_class_set", f"expression {native!r}; valid: {valid}")
+    return label
+
+
+def _parse_row(cells: list[str], where: str, split: str, spec: DatasetSpec, scan: SourceScan) -> SourceRecord | None:
+    """One data row -> a record, or None after recording exactly one verdict for it."""
+    if not any(cells):
+        scan.exclusions["empty_row"] += 1
         return None
-    box = [_float(v) for v in row[1:5]]
-    if any(v is None for v in box) or box[2] <= 0 or box[3] <= 0:
-        scan.quarantine_row(relpath, "bad_box", f"face box {row[1:5]}")
+    if _is_header(cells):
+        scan.exclusions["repeated_header"] += 1
         return None
-    points = [_float(v) for v in row[5].split(";") if v.strip()]
-    landmarks = None
-    if len(points) == 2 * LANDMARK_POINTS and all(p is not None for p in points):
-        landmarks = np.asarray(points, dtype=np.float32)
+    cells = fit_cells(cells, len(COLUMNS))
+    relpath = cells[0] or where
+    if len(cells) != len(COLUMNS) or not cells[0]:
+        scan.quarantine_row(relpath, "malformed_row",
+                            f"{where}: {len(cells)} fields, expected {len(COLUMNS)} with a non-empty path")
+        return None
+    label = _label_verdict(cells[6], relpath, spec, scan)
+    if label is None:
+        return None
+    box, problem = _box_problem(cells[1:5])
+    if box is None:
+        scan.quarantine_row(relpath, "bad_box", f"{where}: {problem}")
+        return None
+    landmarks, problem = _landmarks(cells[5])
+    if problem:
+        scan.quarantine_row(relpath, "bad_landmarks", f"{where}: {problem}")
+        return None
     return SourceRecord(
-        relpath=relpath, split=split, label=label, source_label=native,
-        valence=_float(row[7]), arousal=_float(row[8]),
+        relpath=relpath, split=split, label=label, source_label=cells[6],
+        valence=_unit_interval(cells[7]), arousal=_unit_interval(cells[8]),
         given_bbox=np.asarray(box, dtype=np.float32), given_landmarks=landmarks,
     )
 
 
 def scan_affectnet(root: Path, spec: DatasetSpec, work_dir: Path) -> SourceScan:
     """Read both label files into records; images are validated later by build_samples."""
-    scan = SourceScan(image_root=_image_root(root, spec), landmark_points=LANDMARK_POINTS,
+    scan = SourceScan(image_root=_image_root(root, spec), landmark_points=LANDMARK_POINTS, inputs=0,
                       with_va=True, with_given_box=True, params={"adapter": f"affectnet@{ADAPTER_VERSION}"})
     for split, relfile in spec.splits.items():
         path = root / relfile
         if not path.is_file():
             raise ConfigError(f"AffectNet split file for {split!r} not found: {path} (spec key splits.{split})")
         scan.label_files.append(path)
-        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-            for line_no, row in enumerate(csv.reader(handle)):
-                if line_no == 0 and row and row[0].strip() == COLUMNS[0]:
-                    continue  # header present
-                if not row or not any(cell.strip() for cell in row):
-                    continue
-                record = _parse_row(row, split, spec, scan)
-                if record is not None:
-                    scan.records.append(record)
+        rows = read_csv_rows(path)
+        if rows and _is_header(rows[0][1]):
+            rows = rows[1:]
+        for line_no, cells in rows:
+            scan.inputs += 1
+            record = _parse_row(cells, f"{path.name}:{line_no}", split, spec, scan)
+            if record is not None:
+                scan.records.append(record)
     return scan

@@ -1,31 +1,104 @@
-"""What every source adapter shares: records, image validation, and the samples table.
+"""What every source adapter shares: text reading, records, image validation, and the samples table.
 
 An adapter turns a dataset's native files into `SourceRecord`s, exclusions and quarantine rows
-(`SourceScan`). `build_samples` then validates every image (missing, empty, truncated, not an image,
-path escaping the root, duplicates), hashes it through the stat cache, assigns dense sample ids in a
-stable order (split, then path) and returns the samples table per DESIGN.md.
+(`SourceScan`), counting every input row (or file) it read in `SourceScan.inputs`. Text files are read
+through `read_text_lines` / `read_csv_rows`, which drop a byte-order mark, accept LF, CRLF and CR line
+ends and tab-delimited CSV, and never let one bad line (a stray quote, a NUL) swallow its neighbours.
+`build_samples` then validates every image (missing, empty, truncated, not an image, path escaping the
+root, duplicates), hashes it through the stat cache, assigns dense sample ids in a stable order (split,
+then path) and returns the samples table per DESIGN.md. Every input ends kept, quarantined or excluded.
 """
 from __future__ import annotations
 
+import codecs
+import csv
 import logging
+import re
+import stat
+import string
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.contract.classes import SPLITS
+from pipeline.contract.errors import FerError
 from pipeline.contract.tables import QuarantineRow, samples_schema, vectors_to_arrow
+from pipeline.images import probe
 from pipeline.specs import DatasetSpec
 from pipeline.store.hashing import HashCache
 
 log = logging.getLogger(__name__)
 STAGE = "sources"
-Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs, allow real photos
+Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs, allow real photos (pipeline.images decodes)
+BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+CELL_STRIP = string.whitespace + "\ufeff"      # a BOM left inside a line (concatenated files) is junk
+ESCAPE_REASON = "path_escapes_root"
+
+
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) of every line that is not blank.
+
+    A UTF-8 or UTF-16 byte-order mark is removed (it never becomes part of the first row), LF, CRLF and
+    CR line ends are all line ends, undecodable bytes become U+FFFD, and lines holding only whitespace
+    (trailing blank lines included) are no rows.
+    """
+    data = Path(path).read_bytes()
+    encoding = "utf-8"
+    for bom, name in BOMS:
+        if data.startswith(bom):
+            data, encoding = data[len(bom):], name
+            break
+    text = data.decode(encoding, errors="replace")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(number, line) for number, line in enumerate(lines, 1) if line.strip(CELL_STRIP)]
+
+
+def split_csv_line(line: str, delimiter: str = ",") -> list[str]:
+    """One line's cells, each stripped of whitespace; a quote never spans into the next line."""
+    try:
+        cells = next(csv.reader([line], delimiter=delimiter))
+    except csv.Error:
+        cells = line.split(delimiter)
+    return [cell.strip(CELL_STRIP) for cell in cells]
+
+
+def read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of every non-blank line; tab-delimited when the first line has tabs, no commas."""
+    lines = read_text_lines(path)
+    first = lines[0][1] if lines else ""
+    delimiter = "\t" if "\t" in first and "," not in first else ","
+    return [(number, split_csv_line(text, delimiter)) for number, text in lines]
+
+
+def fit_cells(cells: list[str], count: int) -> list[str]:
+    """Drop empty trailing cells beyond `count` (spreadsheet exports add them); other lengths stay as they are."""
+    if len(cells) > count and not any(cells[count:]):
+        return cells[:count]
+    return cells
+
+
+def unsafe_relpath(relpath: str) -> str | None:
+    """Why a listed name cannot name a file under the dataset root, or None when it can (purely lexical)."""
+    if not relpath:
+        return "empty path"
+    if "\x00" in relpath:
+        return "NUL character in path"
+    if relpath.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relpath):
+        return f"absolute path {relpath!r}"
+    if any(part in (".", "..") for part in re.split(r"[/\\]", relpath)):
+        return f"'.' or '..' component in {relpath!r}"
+    return None
+
+
+def normal_relpath(relpath: str) -> str:
+    """`a//b` and `a/b/` name the same file as `a/b` (so duplicates are caught)."""
+    return str(PurePosixPath(relpath))
 
 
 @dataclass
@@ -52,6 +125,7 @@ class SourceScan:
     records: list[SourceRecord] = field(default_factory=list)
     quarantine: list[QuarantineRow] = field(default_factory=list)
     exclusions: Counter = field(default_factory=Counter)
+    inputs: int | None = None                               # input rows (or files) read; None: not counted
     label_files: list[Path] = field(default_factory=list)   # files whose content defines the labels
     landmark_points: int = 0
     with_va: bool = False
@@ -65,53 +139,73 @@ class SourceScan:
 
 
 def _check_image(path: Path) -> tuple[str | None, str, int, int]:
-    """(reason or None, detail, width, height): a full decode catches truncated files."""
+    """(reason or None, detail, upright width, height): a full decode through the one image reader."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
-        return "missing_file", str(path), 0, 0
-    if size == 0:
-        return "empty_file", "zero bytes", 0, 0
+        return "missing_file", "no such file", 0, 0
+    except OSError as exc:
+        return "unreadable_file", f"{type(exc).__name__}: {exc.strerror}", 0, 0
+    if not stat.S_ISREG(info.st_mode):   # a folder, FIFO or device: never opened (a FIFO would block)
+        return "not_a_regular_file", f"mode {stat.filemode(info.st_mode)}", 0, 0
     try:
-        with Image.open(path) as image:
-            image.load()
-            return None, "", int(image.width), int(image.height)
-    except UnidentifiedImageError as exc:
-        return "not_an_image", str(exc), 0, 0
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return "truncated_or_corrupt_image", str(exc), 0, 0
+        found = probe(path)
+    except Exception as exc:  # noqa: BLE001 - a decoder failing on one file must not stop the scan
+        return "truncated_or_corrupt_image", f"{type(exc).__name__}: {exc}", 0, 0
+    return found.reason, found.detail, found.width, found.height
 
 
-def _inside(root: Path, relpath: str) -> Path | None:
-    """The resolved path if it stays inside root, else None (catches `../` and absolute paths)."""
-    candidate = (root / relpath).resolve()
+def _inside(root: Path, relpath: str) -> tuple[Path | None, str]:
+    """(resolved path, "") if it stays inside root, else (None, why): catches symlinks pointing out."""
     try:
-        candidate.relative_to(root)
-    except ValueError:
-        return None
-    return candidate
+        candidate = (root / relpath).resolve()
+    except (RuntimeError, OSError):   # a symlink loop
+        return None, "cannot be resolved (a symlink loop)"
+    if not candidate.is_relative_to(root):
+        return None, "resolves outside the image root (a symlink pointing out)"
+    return candidate, ""
+
+
+def _root_free(detail: str, root: Path) -> str:
+    """Details name paths relative to the image root: the same id must mean the same bytes on every machine."""
+    return detail.replace(f"{root}/", "").replace(str(root), ".")
+
+
+def _screen(scan: SourceScan, root: Path) -> list[tuple[SourceRecord, Path]]:
+    """Records whose path is safe and listed once, with their resolved path; quarantine the others."""
+    seen: set[str] = set()
+    candidates: list[tuple[SourceRecord, Path]] = []
+    for record in scan.records:
+        problem = unsafe_relpath(record.relpath)
+        if problem:
+            scan.quarantine_row(record.relpath, ESCAPE_REASON, problem)
+            continue
+        record.relpath = normal_relpath(record.relpath)
+        path, why = _inside(root, record.relpath)
+        if path is None:
+            scan.quarantine_row(record.relpath, ESCAPE_REASON, why)
+        elif record.relpath in seen:
+            scan.quarantine_row(record.relpath, "duplicate_row", "listed more than once; first kept")
+        else:
+            seen.add(record.relpath)
+            candidates.append((record, path))
+    return candidates
 
 
 def validate_records(scan: SourceScan, cache: HashCache, workers: int = 4,
                      progress: bool = True) -> tuple[list[SourceRecord], list[str], list[tuple[int, int]]]:
     """Keep the records whose image is usable; quarantine the rest. Returns (records, hashes, sizes)."""
     root = scan.image_root.resolve()
-    seen: set[str] = set()
-    candidates: list[tuple[SourceRecord, Path]] = []
-    for record in scan.records:
-        path = _inside(root, record.relpath)
-        if path is None:
-            scan.quarantine_row(record.relpath, "path_escapes_root", f"resolves outside {root}")
-        elif record.relpath in seen:
-            scan.quarantine_row(record.relpath, "duplicate_row", "listed more than once; first kept")
-        else:
-            seen.add(record.relpath)
-            candidates.append((record, path))
+    candidates = _screen(scan, root)
 
     def check(item: tuple[SourceRecord, Path]) -> tuple[str | None, str, int, int, str]:
         reason, detail, width, height = _check_image(item[1])
-        digest = cache.hash(item[1]) if reason is None else ""
-        return reason, detail, width, height, digest
+        if reason is not None:
+            return reason, _root_free(detail, root), width, height, ""
+        try:
+            return None, "", width, height, cache.hash(item[1])
+        except OSError as exc:   # removed or made unreadable between the check and the hash
+            return "unreadable_file", f"{type(exc).__name__}: {exc.strerror}", 0, 0, ""
 
     kept, hashes, sizes = [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -126,6 +220,16 @@ def validate_records(scan: SourceScan, cache: HashCache, workers: int = 4,
             sizes.append((width, height))
     cache.commit()
     return kept, hashes, sizes
+
+
+def check_accounting(scan: SourceScan, kept: int) -> None:
+    """Every input row (or file) the adapter counted must end kept, quarantined or excluded, once."""
+    if scan.inputs is None:
+        return
+    excluded = sum(scan.exclusions.values())
+    if kept + len(scan.quarantine) + excluded != scan.inputs:
+        raise FerError(f"sources accounting error in {scan.params.get('adapter')}: {scan.inputs} inputs but "
+                       f"{kept} kept + {len(scan.quarantine)} quarantined + {excluded} excluded; please report it")
 
 
 def _split_rank(split: str) -> int:
@@ -178,6 +282,7 @@ def build_samples_table_from_scan(spec: DatasetSpec, scan: SourceScan, cache: Ha
                                   progress: bool = True) -> pa.Table:
     """Validate the scan's images (quarantining the bad ones) and build the samples table."""
     records, hashes, sizes = validate_records(scan, cache, progress=progress)
+    check_accounting(scan, len(records))
     if not records:
         log.warning("no usable samples in %s", scan.image_root)
     return samples_table(spec, scan, records, hashes, sizes)

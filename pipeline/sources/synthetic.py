@@ -1,9 +1,12 @@
 """Adapter for the embedded synthetic dataset (pipeline.synthetic.generator): generated on demand, cached.
 
 Images are written once as PNG under <work_dir>/synthetic-images/<config fingerprint>/<split>/,
-with their known truth (class, label distribution, 68 landmarks, AU intensities) in Parquet parts
-beside them. A larger `n` with the same seed reuses every image already generated; a run killed
-midway keeps every finished part.
+with their known truth (class, label distribution, 68 landmarks, AU intensities, valence/arousal) in
+Parquet parts beside them. Each record carries its known 68 points (`given_landmarks`) and a face box
+derived from them (`given_bbox`, see `box_from_landmarks`), so `align.detector=given` and
+`landmarks.backend=provided` run on synthetic exactly as on AffectNet's own boxes and points; the
+known valence/arousal gives the default version its `va` graph. A larger `n` with the same seed
+reuses every image already generated; a run killed midway keeps every finished part.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.contract.classes import class_names
+from pipeline.contract.config import build_dataclass
 from pipeline.contract.errors import ConfigError
 from pipeline.contract.tables import read_table, vectors_to_arrow, vectors_to_numpy, write_table
 from pipeline.sources.base import SourceRecord, SourceScan
@@ -26,7 +30,7 @@ from pipeline.specs import DatasetSpec
 from pipeline.store.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
-ADAPTER_VERSION = "1.0"
+ADAPTER_VERSION = "2.0"  # 2.0: given_bbox from the known points, valence/arousal
 PART_SIZE = 250
 
 
@@ -39,7 +43,25 @@ def synthetic_config(spec: DatasetSpec, overrides: dict | None = None):
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ConfigError(f"unknown synthetic option(s) {unknown}; valid: {', '.join(sorted(fields))}")
-    return SyntheticConfig(**options)
+    return build_dataclass(SyntheticConfig, options)     # values coerced to the fields' types
+
+
+def box_from_landmarks(points: np.ndarray) -> np.ndarray:
+    """[4] float32 face box x, y, w, h (image pixels) from [68, 2] or [136] points.
+
+    The inverse of pipeline.geometry.transform_from_box: a square box of side BOX_SIDE_PER_IOD
+    eye-centre distances, centred on the eye midpoint horizontally, with the eye line
+    BOX_EYES_FROM_TOP of its height below its top (the proportions measured on dlib HOG boxes,
+    which AffectNet's boxes resemble). Aligning from this box alone lands the eyes where aligning
+    from the points does, up to the face's roll.
+    """
+    from pipeline.geometry import BOX_EYES_FROM_TOP, BOX_SIDE_PER_IOD, five_points
+
+    eyes = five_points(np.asarray(points, np.float64).reshape(68, 2))[:2]  # [2, 2] eye centres
+    side = BOX_SIDE_PER_IOD * float(np.linalg.norm(eyes[1] - eyes[0]))
+    mid = eyes.mean(axis=0)  # [2] pixel-index coordinates; transform_from_box subtracts 0.5
+    x, y = mid[0] + 0.5 - 0.5 * side, mid[1] + 0.5 - BOX_EYES_FROM_TOP * side
+    return np.array([x, y, side, side], np.float32)
 
 
 def _cache_key(config) -> str:
@@ -76,6 +98,9 @@ def _render_part(config, image_root: Path, indices: list[int]) -> pa.Table:
         "landmarks": vectors_to_arrow(np.stack([s.landmarks.reshape(-1) for s in samples])),
         "au_intensity": vectors_to_arrow(np.stack([s.au_intensity for s in samples])),
         "intensity": pa.array([s.intensity for s in samples], type=pa.float32()),
+        "valence": pa.array([s.valence for s in samples], type=pa.float32()),
+        "arousal": pa.array([s.arousal for s in samples], type=pa.float32()),
+        "identity": pa.array([s.identity for s in samples], type=pa.int32()),
     })
 
 
@@ -84,8 +109,9 @@ def _load_truth(truth_dir: Path) -> dict[int, dict]:
     for part in sorted(truth_dir.glob("part-*.parquet")):
         table = read_table(part)
         arrays = {name: vectors_to_numpy(table.column(name)) for name in ("distribution", "landmarks", "au_intensity")}
+        scalars = {name: table.column(name).to_pylist() for name in ("label", "valence", "arousal")}
         for row, index in enumerate(table.column("index").to_pylist()):
-            truth[index] = {"label": table.column("label")[row].as_py(),
+            truth[index] = {**{name: values[row] for name, values in scalars.items()},
                             **{name: values[row] for name, values in arrays.items()}}
     return truth
 
@@ -120,13 +146,16 @@ def scan_synthetic(root: Path, spec: DatasetSpec, work_dir: Path, overrides: dic
     image_root, truth = ensure_generated(config, root, progress=progress)
     names = class_names(config.num_classes)
     scan = SourceScan(image_root=image_root, with_votes=True, landmark_points=68, with_true_aus=True,
+                      with_given_box=True, with_va=True,
                       params={"adapter": f"synthetic@{ADAPTER_VERSION}", "config": dataclasses.asdict(config)})
     for index in range(config.n):
         item = truth[index]
         relpath = _relpath(config, index)
         scan.records.append(SourceRecord(
             relpath=relpath, split=relpath.split("/", 1)[0], label=int(item["label"]),
-            source_label=names[int(item["label"])], votes=item["distribution"],
-            given_landmarks=item["landmarks"], true_aus=item["au_intensity"],
+            source_label=names[int(item["label"])], valence=item["valence"], arousal=item["arousal"],
+            votes=item["distribution"],
+            given_bbox=box_from_landmarks(item["landmarks"]), given_landmarks=item["landmarks"],
+            true_aus=item["au_intensity"],
         ))
     return scan

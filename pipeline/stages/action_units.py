@@ -1,6 +1,9 @@
 """Action units over one shard: crops (+ 68 landmarks) -> intensity [N, 17] (AU01..AU45 _r, 0-5) + presence [N, 18].
 
-Backends (AUConfig.backend):
+Backends (AUConfig.backend), one registered class each, looked up by name; `check_backend` runs before
+any crop (a missing OpenFace binary fails there, naming AUConfig.openface_bin / OPENFACE_BIN). Both are
+safe under threads and processes: `estimate` is pure numpy, `openface` runs one process per shard in its
+own temporary folder.
 - `openface`: OpenFace 2.x. One process per shard: the shard's crops are written as PNGs into a temporary
   directory and the binary runs once over it with `-fdir`. `FaceLandmarkImg` (default mode 'image': static
   models, one CSV per image) suits independent photos; `FeatureExtraction` (mode 'sequence': one CSV with a
@@ -20,35 +23,35 @@ Backends (AUConfig.backend):
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
-from pipeline.contract.errors import BackendMissingError, ConfigError, FerError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow
+from pipeline.models.openface import (  # noqa: F401 - re-exported: the wrapper is part of this stage's API
+    OPENFACE_MODES,
+    OpenFaceError,
+    OpenFaceRows,
+    openface_binary,
+    parse_openface_csv,
+    run_openface,
+)
+from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
 STAGE = "action_units"
 STAGE_VERSION = "1.0.0"
-BACKENDS = ("estimate", "openface")
-OPENFACE_MODES = {"image": "FaceLandmarkImg", "sequence": "FeatureExtraction"}
+BACKENDS: Registry[type] = Registry("AU backend (AUConfig.backend)")
+register_backend = BACKENDS.register
 
 AU_SCHEMA = pa.schema([
     ("sample_id", pa.int64()), ("intensity", vector_type(len(AU_INTENSITY_NAMES))),
     ("presence", vector_type(len(AU_PRESENCE_NAMES))), ("backend", pa.string()),
 ])
-
-
-class OpenFaceError(FerError):
-    """OpenFace ran but failed on a shard (non-zero exit, timeout, no CSV); the message keeps its stderr."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,7 @@ class AUConfig:
     presence_threshold: float = 1.0          # estimate: presence = intensity >= this
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(choices_message("AU backend (AUConfig.backend)", self.backend, BACKENDS))
+        BACKENDS.get(self.backend)        # an unknown name raises ConfigError listing the registered ones
         if self.openface_mode not in OPENFACE_MODES:
             raise ConfigError(choices_message("OpenFace mode (AUConfig.openface_mode)", self.openface_mode,
                                               OPENFACE_MODES))
@@ -108,7 +110,7 @@ def geometry_features(points: np.ndarray) -> np.ndarray:
     centred = p - (0.5 * (left + right))[:, None, :]                             # [N, 68, 2]
     x = (centred[..., 0] * cos[:, None] + centred[..., 1] * sin[:, None]) / iod  # [N, 68]
     y = (-centred[..., 0] * sin[:, None] + centred[..., 1] * cos[:, None]) / iod
-    mean_y = lambda idx: y[:, list(idx)].mean(axis=1)                           # noqa: E731
+    mean_y = lambda idx: y[:, list(idx)].mean(axis=1)
     return np.stack([
         -mean_y((20, 21, 22, 23)),                       # brow_inner: height above the eye line
         -mean_y((17, 18, 25, 26)),                       # brow_outer
@@ -216,124 +218,7 @@ def active_calibration() -> EstimateCalibration:
     return CALIBRATION
 
 
-# --- OpenFace ------------------------------------------------------------------------------------------------
-
-INTENSITY_COLUMNS = tuple(f"{au}_r" for au in AU_INTENSITY_NAMES)
-PRESENCE_COLUMNS = tuple(f"{au}_c" for au in AU_PRESENCE_NAMES)
-
-
-@dataclass(frozen=True)
-class OpenFaceRows:
-    """A parsed OpenFace CSV: per row frame (or face) id, success, confidence, [R, 17] _r and [R, 18] _c."""
-
-    frame: np.ndarray        # [R] int64 (`frame`, or `face` for FaceLandmarkImg, or the row number)
-    success: np.ndarray      # [R] bool
-    confidence: np.ndarray   # [R] float32
-    intensity: np.ndarray    # [R, 17] float32
-    presence: np.ndarray     # [R, 18] float32
-
-
-def parse_openface_csv(path: str | Path) -> OpenFaceRows:
-    """Read an OpenFace 2.x CSV (column names carry a leading space) into arrays, exactly as written."""
-    import pandas as pd
-
-    frame = pd.read_csv(path, skipinitialspace=True)
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in INTENSITY_COLUMNS + PRESENCE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ConfigError(f"{path} is not an OpenFace AU CSV: missing columns {missing[:6]} "
-                          f"(run OpenFace with -aus); it has {list(frame.columns)[:8]}...")
-    ids = frame["frame"] if "frame" in frame.columns else frame.get("face", pd.Series(np.arange(len(frame))))
-    success = frame["success"] if "success" in frame.columns else pd.Series(np.ones(len(frame)))
-    confidence = frame["confidence"] if "confidence" in frame.columns else pd.Series(np.ones(len(frame)))
-    return OpenFaceRows(
-        frame=ids.to_numpy(dtype=np.int64), success=success.to_numpy(dtype=np.float64) > 0.5,
-        confidence=confidence.to_numpy(dtype=np.float32),
-        intensity=frame[list(INTENSITY_COLUMNS)].to_numpy(dtype=np.float32),
-        presence=frame[list(PRESENCE_COLUMNS)].to_numpy(dtype=np.float32))
-
-
-def openface_binary(config: AUConfig) -> Path:
-    """The OpenFace binary to run: AUConfig.openface_bin, else $OPENFACE_BIN; fails at once if unusable."""
-    value = config.openface_bin or os.environ.get("OPENFACE_BIN")
-    if not value:
-        raise BackendMissingError(f"AU backend 'openface' needs the OpenFace {OPENFACE_MODES[config.openface_mode]} "
-                                  "binary: set AUConfig.openface_bin or the env var OPENFACE_BIN (OpenFace 2.x is "
-                                  "built from source; no package registry ships it)")
-    path = Path(value)
-    resolved = path if path.is_file() else Path(shutil.which(value) or value)
-    if not resolved.is_file() or not os.access(resolved, os.X_OK):
-        raise BackendMissingError(f"OpenFace binary {value!r} (AUConfig.openface_bin / OPENFACE_BIN) is not an "
-                                  "executable file")
-    return resolved
-
-
-def run_openface(crops: np.ndarray, config: AUConfig) -> list[OpenFaceRows | None]:
-    """Write the crops as PNGs, run OpenFace once over the folder, parse; one entry per crop (None = no row)."""
-    import cv2
-
-    binary = openface_binary(config)
-    with tempfile.TemporaryDirectory(prefix="fer-openface-") as tmp:
-        image_dir, out_dir = Path(tmp) / "images", Path(tmp) / "out"
-        image_dir.mkdir()
-        out_dir.mkdir()
-        names = [f"{i:06d}" for i in range(len(crops))]
-        for name, crop in zip(names, crops):
-            cv2.imwrite(str(image_dir / f"{name}.png"), np.ascontiguousarray(crop[..., ::-1]))
-        command = [str(binary), "-fdir", str(image_dir), "-out_dir", str(out_dir), *config.openface_extra_args]
-        if config.openface_mode == "sequence":
-            command += ["-of", "shard"]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=config.openface_timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            stderr = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-            raise OpenFaceError(f"OpenFace timed out after {config.openface_timeout_s:.0f} s on {len(crops)} "
-                                      f"crops (AUConfig.openface_timeout_s); stderr: {(stderr or '')[-2000:]}") from exc
-        if done.returncode != 0:
-            raise OpenFaceError(f"OpenFace ({binary.name}) exited with {done.returncode}; "
-                                      f"stderr: {done.stderr[-2000:]}")
-        if config.openface_mode == "sequence":
-            return _rows_per_frame(out_dir / "shard.csv", len(crops))
-        return [_best_row(out_dir / f"{name}.csv") for name in names]
-
-
-def _rows_per_frame(path: Path, count: int) -> list[OpenFaceRows | None]:
-    """FeatureExtraction -fdir: frame k (1-based) is the k-th image in file-name order."""
-    if not path.is_file():
-        raise OpenFaceError(f"OpenFace wrote no CSV at {path}")
-    rows = parse_openface_csv(path)
-    out: list[OpenFaceRows | None] = [None] * count
-    for r in range(len(rows.frame)):
-        index = int(rows.frame[r]) - 1
-        if 0 <= index < count:
-            out[index] = _slice(rows, r)
-    return out
-
-
-def _best_row(path: Path) -> OpenFaceRows | None:
-    """FaceLandmarkImg: one CSV per image, one row per face found; keep the most confident."""
-    if not path.is_file():
-        return None
-    rows = parse_openface_csv(path)
-    if len(rows.frame) == 0:
-        return None
-    return _slice(rows, int(np.argmax(rows.confidence)))
-
-
-def _slice(rows: OpenFaceRows, r: int) -> OpenFaceRows:
-    return OpenFaceRows(rows.frame[r:r + 1], rows.success[r:r + 1], rows.confidence[r:r + 1],
-                        rows.intensity[r:r + 1], rows.presence[r:r + 1])
-
-
 # --- shard ---------------------------------------------------------------------------------------------------
-
-def check_backend(config: AUConfig) -> None:
-    """Fail at once when the chosen backend cannot run here."""
-    if config.backend == "openface":
-        openface_binary(config)
-    else:
-        active_calibration()
-
 
 def au_table(sample_ids: np.ndarray, intensity: np.ndarray, presence: np.ndarray, backend: str) -> pa.Table:
     return pa.table({
@@ -342,6 +227,73 @@ def au_table(sample_ids: np.ndarray, intensity: np.ndarray, presence: np.ndarray
         "presence": vectors_to_arrow(np.asarray(presence, dtype=np.float32).reshape(-1, len(AU_PRESENCE_NAMES))),
         "backend": pa.array([backend] * len(sample_ids), pa.string()),
     }, schema=AU_SCHEMA)
+
+
+class AUBackend:
+    """One AU backend: `check` (before any crop), then `run` over a shard."""
+
+    @classmethod
+    def check(cls, config: AUConfig) -> None:
+        """Raise ConfigError / BackendMissingError when this backend cannot run with config."""
+
+    def run(self, crops: np.ndarray | None, landmarks: np.ndarray | None, count: int,
+            config: AUConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """-> (intensity [count, 17], presence [count, 18], {row: quarantine reason})."""
+        raise NotImplementedError
+
+
+@register_backend("estimate")
+class EstimatedAUs(AUBackend):
+    """AU intensities estimated from 68-point landmark geometry (labelled as estimates)."""
+
+    @classmethod
+    def check(cls, config: AUConfig) -> None:
+        active_calibration()
+
+    def run(self, crops: np.ndarray | None, landmarks: np.ndarray | None, count: int,
+            config: AUConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        if landmarks is None or np.asarray(landmarks).shape[1:] != (68, 2):
+            shape = None if landmarks is None else np.asarray(landmarks).shape
+            raise ConfigError(f"AU backend 'estimate' needs 68-point landmarks [B, 68, 2], got {shape}; "
+                              "run the landmark stage with output_layout 'native' and a 68-point backend")
+        landmarks = np.asarray(landmarks, dtype=np.float64)                      # [B, 68, 2]
+        ok = np.isfinite(landmarks).all(axis=(1, 2))                             # [B]
+        intensity = np.zeros((count, len(AU_INTENSITY_NAMES)), dtype=np.float32)
+        if ok.any():
+            intensity[ok] = estimate_aus(landmarks[ok])
+        presence = presence_from_intensity(intensity, config.presence_threshold)
+        return intensity, presence, {int(i): "non_finite_landmarks" for i in np.flatnonzero(~ok)}
+
+
+@register_backend("openface")
+class OpenFaceAUs(AUBackend):
+    """OpenFace 2.x run once per shard over the crops written as PNGs."""
+
+    @classmethod
+    def check(cls, config: AUConfig) -> None:
+        openface_binary(config)
+
+    def run(self, crops: np.ndarray | None, landmarks: np.ndarray | None, count: int,
+            config: AUConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        if crops is None or len(crops) != count:
+            raise ConfigError("AU backend 'openface' needs one crop per sample id")
+        results = run_openface(crops, config) if len(crops) else []
+        intensity = np.zeros((count, len(AU_INTENSITY_NAMES)), dtype=np.float32)
+        presence = np.zeros((count, len(AU_PRESENCE_NAMES)), dtype=np.float32)
+        reasons: dict[int, str] = {}
+        for i, row in enumerate(results):
+            if row is None:
+                reasons[i] = "openface_no_output"
+            elif not row.success[0]:
+                reasons[i] = "openface_success_0"
+            else:
+                intensity[i], presence[i] = row.intensity[0], row.presence[0]
+        return intensity, presence, reasons
+
+
+def check_backend(config: AUConfig) -> None:
+    """Fail at once when the chosen backend cannot run here."""
+    BACKENDS.get(config.backend).check(config)
 
 
 def action_units_shard(crops: np.ndarray | None, sample_ids: np.ndarray, landmarks: np.ndarray | None,
@@ -354,33 +306,7 @@ def action_units_shard(crops: np.ndarray | None, sample_ids: np.ndarray, landmar
     """
     check_backend(config)
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
-    quarantine: list[QuarantineRow] = []
-    if config.backend == "estimate":
-        if landmarks is None or np.asarray(landmarks).shape[1:] != (68, 2):
-            shape = None if landmarks is None else np.asarray(landmarks).shape
-            raise ConfigError(f"AU backend 'estimate' needs 68-point landmarks [B, 68, 2], got {shape}; "
-                              "run the landmark stage with output_layout 'native' and a 68-point backend")
-        landmarks = np.asarray(landmarks, dtype=np.float64)
-        ok = np.isfinite(landmarks).all(axis=(1, 2))
-        intensity = np.zeros((len(sample_ids), len(AU_INTENSITY_NAMES)), dtype=np.float32)
-        if ok.any():
-            intensity[ok] = estimate_aus(landmarks[ok])
-        presence = presence_from_intensity(intensity, config.presence_threshold)
-        reasons = {i: "non_finite_landmarks" for i in np.flatnonzero(~ok)}
-    else:
-        if crops is None or len(crops) != len(sample_ids):
-            raise ConfigError("AU backend 'openface' needs one crop per sample id")
-        results = run_openface(crops, config) if len(crops) else []
-        intensity = np.zeros((len(sample_ids), len(AU_INTENSITY_NAMES)), dtype=np.float32)
-        presence = np.zeros((len(sample_ids), len(AU_PRESENCE_NAMES)), dtype=np.float32)
-        reasons = {}
-        for i, row in enumerate(results):
-            if row is None:
-                reasons[i] = "openface_no_output"
-            elif not row.success[0]:
-                reasons[i] = "openface_success_0"
-            else:
-                intensity[i], presence[i] = row.intensity[0], row.presence[0]
+    intensity, presence, reasons = BACKENDS.get(config.backend)().run(crops, landmarks, len(sample_ids), config)
     keep = np.array([i not in reasons for i in range(len(sample_ids))], dtype=bool)
     quarantine = [QuarantineRow(relpath="", stage=STAGE, reason=reason, detail=f"backend {config.backend}",
                                 sample_id=int(sample_ids[i])) for i, reason in sorted(reasons.items())]

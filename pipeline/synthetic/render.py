@@ -55,9 +55,9 @@ def soft_mask(size: int, polygons: list[np.ndarray], sigma: float) -> np.ndarray
 
 
 def paint_mouth(image: np.ndarray, marks: np.ndarray, gap: float, scale: float,
-                 lip_colour: np.ndarray) -> np.ndarray:
-    """Non-smiling mouths: lips painted in over the source teeth, a dark cavity when open (gap in
-    face units), else a thin line between the closed lips."""
+                lip_colour: np.ndarray, teeth: bool = False) -> np.ndarray:
+    """Lips painted in over the source mouth; when open (gap in face units) a dark cavity, with upper
+    teeth when `teeth`; when closed a thin line between the lips."""
     import cv2
 
     size = image.shape[0]
@@ -69,6 +69,13 @@ def paint_mouth(image: np.ndarray, marks: np.ndarray, gap: float, scale: float,
     if gap > 0.01:
         cavity = soft_mask(size, [marks[60:68]], soft)[..., None]  # [H, W, 1]
         image = image * (1 - cavity) + np.array([80.0, 34.0, 38.0], np.float32) * cavity
+        if teeth:
+            axis = marks[45] - marks[36]
+            down = np.array([-axis[1], axis[0]]) / np.linalg.norm(axis)  # [2] the face's down in pixels
+            edge = marks[[60, 61, 62, 63, 64]]  # [5, 2] inner upper lip
+            band = np.concatenate([edge, edge[::-1] + down * min(0.6 * gap, 0.05) * scale])  # [10, 2]
+            tooth = soft_mask(size, [band], 0.5 * soft)[..., None] * cavity  # [H, W, 1]
+            image = image * (1 - tooth) + np.array([236.0, 228.0, 212.0], np.float32) * tooth
     else:
         line = np.zeros((size, size), np.float32)  # [H, W]
         pts = np.round(marks[[48, 60, 61, 62, 63, 64, 54]] * 16).astype(np.int32)
@@ -104,11 +111,30 @@ def shade(image: np.ndarray, gain: np.ndarray, size: int, lighting: float,
     return image * light[..., None] * colour.astype(np.float32)  # [H, W, 3]
 
 
-def head_polygons(placement: np.ndarray) -> list[np.ndarray]:
-    """Head-and-hair outline and neck/shoulders of the astronaut, in output pixels: the kept foreground."""
-    right = np.array([(0.6, -1.42), (1.0, -1.15), (1.27, -0.7), (1.33, -0.2), (1.25, 0.25), (1.05, 0.5),
-                      (0.85, 0.8), (0.65, 1.1), (0.5, 1.35)])  # [9, 2] face units
-    head = np.concatenate([[(0.0, -1.5)], right, right[::-1] * (-1, 1)])  # [19, 2]
-    half = np.array([(0.45, 1.0), (1.25, 1.3), (1.6, 1.7), (2.4, 2.6), (3.0, 4.0)])  # [5, 2]
-    body = np.concatenate([half, half[::-1] * (-1, 1)])  # [10, 2]
-    return [apply_affine(placement, head), apply_affine(placement, body)]
+def head_polygons(placement: np.ndarray, outlines: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """A source photo's outlines (head and hair, neck and shoulders; face units) in output pixels."""
+    return [apply_affine(placement, outline) for outline in outlines]
+
+
+def jaw_shadow(image: np.ndarray, marks: np.ndarray, scale: float, strength: float) -> np.ndarray:
+    """Darken soft bands just outside the sides of the jaw line (points 0..5 and 11..16, not under
+    the chin, where a dark band reads as a mouth): the cheek contour stays visible against hair."""
+    centre = marks[27:36].mean(axis=0)  # [2] nose
+    bands = []
+    for side in (marks[0:6], marks[11:17]):  # [6, 2] each
+        out = centre + (side - centre) * (1 + 0.12 * scale / np.linalg.norm(side - centre, axis=1))[:, None]
+        bands.append(np.concatenate([side, out[::-1]]))  # [12, 2]
+    mask = soft_mask(image.shape[0], bands, 0.02 * scale)[..., None]  # [H, W, 1]
+    return image * (1 - strength * mask)
+
+
+def paint_brows(image: np.ndarray, marks: np.ndarray, scale: float, strength: float) -> np.ndarray:
+    """Darken the brow lines (points 17..21 and 22..26): faint brows stay visible to a landmark model."""
+    import cv2
+
+    line = np.zeros(image.shape[:2], np.float32)  # [H, W]
+    for brow in (marks[17:22], marks[22:27]):
+        cv2.polylines(line, [np.round(brow * 16).astype(np.int32)], False, 1.0,
+                      max(1, round(0.04 * scale)), cv2.LINE_AA, 4)
+    line = cv2.GaussianBlur(line, (0, 0), max(0.3, 0.01 * scale))[..., None]  # [H, W, 1]
+    return image * (1 - strength * line) + np.float32(60.0) * strength * line

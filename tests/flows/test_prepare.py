@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_prepare_config
 from pipeline.contract.crops import open_crops
 from pipeline.contract.lock import read_lock
 from pipeline.contract.tables import read_metadata, read_table
-from pipeline.prepare import load_prepare_config
 from pipeline.store.parts import PartStore
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_prepare_writes_every_table_lock_and_report_then_reruns_as_noop(run, tmp
     graph_meta = read_metadata(version_dir / "graphs" / "au.parquet")
     assert graph_meta["k"] == 4 if "k" in graph_meta else graph_meta["K"] == 4
     lock = read_lock("synthetic")
-    assert lock["version"] == summary["version"] and lock["outputs"]["samples.parquet"] > 0
+    assert lock["version"] == summary["version"] and lock["outputs"]["samples.parquet"]["size"] > 0
     assert summary["computed"]["faces"] == 48
 
     again = run(small_config())
@@ -109,14 +109,6 @@ def test_killed_during_landmarks_resumes_without_redoing_shards(run, tmp_path, p
     assert uninterrupted["version"] == resumed["version"]
 
 
-def test_dask_local_cluster_gives_the_same_version_id(run):
-    local = run(small_config())
-    os.environ["FER_ARTIFACTS"] = os.environ["FER_ARTIFACTS"] + "-dask"
-    distributed = run(small_config(), dask_workers=2)
-    assert distributed["version"] == local["version"]
-    assert distributed["computed"]["faces"] == 48
-
-
 def test_cli_prints_version_and_fails_clearly_on_bad_option(prefect_api, capsys):
     from flows.__main__ import main
 
@@ -127,3 +119,50 @@ def test_cli_prints_version_and_fails_clearly_on_bad_option(prefect_api, capsys)
     assert main(["prepare", "--json", *[a for o in SMALL for a in ("--set", o)]]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["version"]) == 16
+
+
+def _cli_env(**extra) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_a_failure_inside_the_flow_ends_with_one_error_line_and_a_full_log(prefect_api, tmp_path):
+    empty_root = tmp_path / "rafdb"
+    empty_root.mkdir()
+    command = [sys.executable, "-m", "flows", "prepare", "--dataset", "rafdb", "--root", str(empty_root)]
+    result = subprocess.run(command, cwd=PROJECT, env=_cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "list_patition_label" in lines[-1], lines[-5:]
+    assert sum(line.startswith("error") for line in lines) == 1
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    logs = sorted((Path(os.environ["FER_ARTIFACTS"]) / "_logs").glob("prepare-*.log"))
+    assert logs and "Traceback" in logs[-1].read_text()
+
+
+def _started_by(owner: int) -> list[int]:
+    from flows.runtime import _started_by as started_by
+
+    return started_by(owner)
+
+
+def test_a_killed_prepare_leaves_no_server_after_the_next_run_starts(tmp_path):
+    from flows.runtime import RUNS_DIR, reap_stale_runs
+
+    artifacts = Path(os.environ["FER_ARTIFACTS"])
+    env = {k: v for k, v in _cli_env().items() if k != "PREFECT_API_URL"}      # its own temporary server
+    command = [sys.executable, "-m", "flows", "prepare", "--dataset", "synthetic",
+               *[a for o in SMALL for a in ("--set", o)]]
+    process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, children = time.monotonic() + 120, []
+    while time.monotonic() < deadline and process.poll() is None and not children:
+        if (artifacts / RUNS_DIR / f"{process.pid}.json").is_file():
+            children = _started_by(process.pid)
+        time.sleep(0.1)
+    assert children, "the prepare started no temporary server"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(0.5)
+    left = _started_by(process.pid)
+    assert left, "the server outlived its prepare (what this cleanup is for)"
+    assert sorted(reap_stale_runs(artifacts)) == sorted(left)     # what the next `flows prepare` does first
+    assert not _started_by(process.pid) and not (artifacts / RUNS_DIR / f"{process.pid}.json").exists()

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from flows.schedule import WATCH_TAG
+from pipeline.config import load_prepare_config
 from pipeline.contract.errors import ConfigError
 from pipeline.contract.lock import read_lock
-from pipeline.prepare import load_prepare_config
 
 PROJECT = Path(__file__).resolve().parents[2]
 SMALL = ["source.n=48", "shard_size=12", "graphs.k=4", "graphs.backend=exact", "noise.variants=[sym-0.30]",
@@ -273,7 +273,7 @@ def test_served_deployment_runs_on_schedule_reuses_the_version_and_follows_the_w
     lock = read_lock("synthetic", root=Path(fer_env["FER_MANIFESTS"]))
     assert lock["version"] == first_version
     version_dir = Path(fer_env["FER_ARTIFACTS"]) / "synthetic" / first_version
-    assert (version_dir / "manifest.json").is_file() and lock["outputs"]["samples.parquet"] > 0
+    assert (version_dir / "manifest.json").is_file() and lock["outputs"]["samples.parquet"]["size"] > 0
     assert second_reused and second_version == first_version, "unchanged data must give the same version"
     print(f"server healthy after {startup_s:.0f} s; first run {first['total_run_time']:.1f} s, "
           f"second (no-op) run {second['total_run_time']:.1f} s")

@@ -144,3 +144,16 @@ def test_estimate_shard_table_and_quarantine():
     assert np.all(presence[:, AU_PRESENCE_NAMES.index("AU28")] == 0)
     with pytest.raises(ConfigError, match="68-point"):
         au.action_units_shard(None, [0], np.zeros((1, 19, 2)), au.AUConfig())
+
+
+def test_backends_are_registered_and_checked_before_any_crop(monkeypatch):
+    from pipeline.stages import faces, landmarks
+
+    assert au.BACKENDS.names() == ("estimate", "openface")
+    assert landmarks.BACKENDS.names() == ("dlib", "hrnet", "fan", "provided")
+    assert faces.BACKENDS.names() == ("dlib", "given", "prealigned", "fan")
+    monkeypatch.delenv("OPENFACE_BIN", raising=False)
+    with pytest.raises(BackendMissingError, match=r"'/nowhere/FaceLandmarkImg' \(AUConfig\.openface_bin"):
+        au.check_backend(au.AUConfig(backend="openface", openface_bin="/nowhere/FaceLandmarkImg"))
+    with pytest.raises(ConfigError, match="valid choices: estimate, openface"):
+        au.AUConfig(backend="mediapipe")

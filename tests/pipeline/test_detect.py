@@ -8,9 +8,15 @@ from PIL import Image
 from skimage import data
 
 from pipeline import geometry as align
+from pipeline import images
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.tables import vectors_to_arrow, vectors_to_numpy
-from pipeline.stages.faces import FACES_SCHEMA, AlignConfig, detect_align_shard, pick_face
+from pipeline.stages.faces import (
+    FACES_SCHEMA,
+    AlignConfig,
+    detect_align_shard,
+    pick_face,
+)
 
 
 def _astronaut_points(image):
@@ -153,3 +159,85 @@ def test_bad_configuration_fails_at_once(tmp_path):
         detect_align_shard(samples, tmp_path, AlignConfig(detector="fan"))
     with pytest.raises(ConfigError, match="given_bbox"):
         detect_align_shard(samples, tmp_path, AlignConfig(detector="given"))
+
+
+def _given_samples(boxes, points=None, names=None):
+    n = len(boxes)
+    columns = {"sample_id": pa.array(np.arange(n), pa.int64()), "relpath": names or ["a.png"] * n,
+               "given_bbox": vectors_to_arrow(np.asarray(boxes, np.float32))}
+    if points is not None:
+        columns["given_landmarks"] = vectors_to_arrow(np.asarray(points, np.float32).reshape(n, -1))
+    return pa.table(columns)
+
+
+def test_given_boxes_are_clipped_and_empty_or_padding_crops_are_not_valid(tmp_path):
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    boxes = [[-20, 40, 120, 120],        # partly outside: clipped, kept
+             [300, 300, 50, 50],         # wholly outside (AffectNet): was an all-black crop marked valid
+             [0, 0, 0, 80]]              # no area
+    faces, crops, quarantine = detect_align_shard(_given_samples(boxes), tmp_path,
+                                                  AlignConfig(detector="given"), progress=False)
+    assert faces.column("status").to_pylist() == ["ok", "no_face", "no_face"]
+    np.testing.assert_allclose(faces.column("bbox")[0].as_py(), [0, 40, 100, 120])
+    np.testing.assert_allclose(align.transform_from_row(np.array(faces.column("transform")[0].as_py())),
+                               align.transform_from_box(np.array([0, 40, 100, 120]), 256), atol=1e-4)
+    assert {q.sample_id: q.reason for q in quarantine} == {1: "box_outside_image", 2: "empty_box"}
+    assert crops[0].mean() > 40 and crops[1:].max() == 0
+    # points that put the crop's centre on the image corner: three quarters of the crop would be padding
+    template = align.template_points(256)
+    aflw = np.zeros((19, 2))
+    aflw[[7, 10, 13, 15, 17]] = 0.5 * (template - 127.5)
+    faces, crops, quarantine = detect_align_shard(_given_samples([[0, 0, 60, 60]], [aflw]), tmp_path,
+                                                  AlignConfig(detector="given"), progress=False)
+    assert faces.column("status").to_pylist() == ["no_face"] and crops.max() == 0
+    assert quarantine[0].reason == "crop_mostly_padding" and "inside" in quarantine[0].detail
+
+
+def test_odd_images_decode_right_in_the_faces_stage(tmp_path):
+    upright = np.zeros((120, 80, 3), np.uint8)
+    upright[:40] = (250, 20, 20)                                      # red band at the top
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                  # stored turned: rotate 90 deg CW to show
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    cv2.imwrite(str(tmp_path / "grey16.png"), np.full((50, 50), 40000, np.uint16))
+    samples = pa.table({"sample_id": pa.array([0, 1, 2], pa.int64()),
+                        "relpath": ["turned.jpg", "upright.png", "grey16.png"]})
+    faces, crops, quarantine = detect_align_shard(samples, tmp_path, AlignConfig(detector="prealigned", crop_size=64),
+                                                  progress=False)
+    assert quarantine == [] and faces.column("bbox")[0].as_py() == [0, 0, 80, 120]
+    assert np.abs(crops[0].astype(int) - crops[1].astype(int)).mean() < 4
+    assert crops[0, :15, :, 0].mean() > 200 and crops[0, -15:, :, 0].mean() < 30
+    assert abs(int(crops[2, 4:-4, 4:-4].mean()) - round(40000 * 255 / 65535)) <= 1   # rescaled, not clipped white
+
+
+def test_large_jpegs_with_given_boxes_decode_reduced_within_tolerance(tmp_path):
+    image = cv2.resize(data.astronaut(), (2048, 2048), interpolation=cv2.INTER_CUBIC)   # face ~350 px wide
+    Image.fromarray(image).save(tmp_path / "big.jpg", quality=92)
+    reference = align.map_points(_astronaut_points(data.astronaut()), np.array([[4.0, 0, 1.5], [0, 4.0, 1.5]]))
+    samples = _given_samples([[700, 304, 364, 364]], [reference], names=["big.jpg"])
+    faces, crops, _ = detect_align_shard(samples, tmp_path, AlignConfig(detector="given"), progress=False)
+    transform = align.transform_from_row(np.array(faces.column("transform")[0].as_py()))
+    assert images.reduction_for_scale(align.transform_scale(transform)) == 2
+    full = align.warp_crop(images.read_rgb(tmp_path / "big.jpg"), transform, 256)   # the full-size decode
+    np.testing.assert_allclose(transform, align.transform_from_points(reference, 256), atol=1e-4)
+    assert np.abs(crops[0].astype(float) - full.astype(float)).mean() < 3.0
+
+
+def test_faces_of_a_shard_are_the_same_from_1_and_4_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.synthetic import generator as synthetic
+
+    config = synthetic.SyntheticConfig(n=16, seed=5)
+    for i in range(config.n):
+        Image.fromarray(synthetic.generate_sample(config, i).image).save(tmp_path / f"{i:02d}.png")
+    samples = pa.table({"sample_id": pa.array(np.arange(config.n), pa.int64()),
+                        "relpath": [f"{i:02d}.png" for i in range(config.n)]})
+    serial, serial_crops, _ = detect_align_shard(samples, tmp_path, AlignConfig(), progress=False)
+    shards = [samples.slice(s, 4) for s in range(0, config.n, 4)]
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda s: detect_align_shard(s, tmp_path, AlignConfig(), progress=False), shards))
+    assert pa.concat_tables([p[0] for p in parts]).equals(serial)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), serial_crops)
+    assert serial.column("status").to_pylist().count("ok") >= 14

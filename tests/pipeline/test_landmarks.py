@@ -128,3 +128,48 @@ def test_hrnet_input_puts_the_face_box_in_the_central_80_percent():
     x, y, w, h = align.template_box(256)
     corners = align.map_points(np.array([[x - 0.5, y - 0.5], [x + w - 0.5, y + h - 0.5]]), hrnet_input_transform(256))
     np.testing.assert_allclose(corners, [[25.1, 25.1], [229.9, 229.9]], atol=0.2)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_unusable_checkpoints_fail_in_check_backend_naming_the_key_and_file(tmp_path):
+    from pipeline.stages.landmarks import check_backend
+
+    corrupt = tmp_path / "HR18-AFLW.pth"
+    corrupt.write_bytes(b"PK\x03\x04 this is no torch checkpoint")
+    config = LandmarkConfig(backend="hrnet", hrnet_checkpoint=str(corrupt), device="cpu")
+    with pytest.raises(ConfigError, match=r"LandmarkConfig\.hrnet_checkpoint .*HR18-AFLW\.pth.*cannot be read"):
+        check_backend(config)
+    crops = np.zeros((3, 64, 64, 3), np.uint8)
+    with pytest.raises(ConfigError, match="hrnet_checkpoint"):      # at once, never one quarantine row per image
+        landmarks_shard(crops, [0, 1, 2], config, progress=False)
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "resnet.pth")
+    with pytest.raises(ConfigError, match=r"hrnet_checkpoint .*resnet\.pth.*head\.3\.weight"):
+        check_backend(LandmarkConfig(backend="hrnet", hrnet_checkpoint=str(tmp_path / "resnet.pth")))
+    (tmp_path / "2DFAN4.pth").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"LandmarkConfig\.fan_checkpoint .*2DFAN4\.pth"):
+        check_backend(LandmarkConfig(backend="fan", fan_checkpoint=str(tmp_path / "2DFAN4.pth"), device="cpu"))
+
+
+class _NotAFan(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 19, 32, 32)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_wrong_architecture_fan_checkpoint_fails_before_any_crop(tmp_path):
+    from pipeline.stages.landmarks import check_backend
+
+    torch.jit.script(_NotAFan()).save(str(tmp_path / "other.pth"))
+    with pytest.raises(ConfigError, match=r"fan_checkpoint .*other\.pth.*\(1, 19, 32, 32\)"):
+        check_backend(LandmarkConfig(backend="fan", fan_checkpoint=str(tmp_path / "other.pth"), device="cpu"))
+
+
+def test_dlib_landmarks_are_the_same_from_1_and_4_threads(synthetic_crops):
+    from concurrent.futures import ThreadPoolExecutor
+
+    crops = synthetic_crops[0]
+    serial, _ = landmarks_shard(crops, np.arange(len(crops)), LandmarkConfig(), progress=False)
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda s: landmarks_shard(crops[s:s + 3], np.arange(s, s + 3), LandmarkConfig(),
+                                                        progress=False)[0], range(0, len(crops), 3)))
+    assert pa.concat_tables(parts).equals(serial)

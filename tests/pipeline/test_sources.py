@@ -247,3 +247,83 @@ def test_same_inputs_same_fingerprint_and_changes_change_it(tmp_path):
     assert prepare_source("folder", moved, None, progress=False).fingerprint == first
     write_jpeg(moved / "train" / "happy" / "a.jpg", 99)   # same name, new content
     assert prepare_source("folder", moved, None, progress=False).fingerprint != first
+
+
+# ---------------------------------------------------------------- text files, paths, accounting
+def test_text_reader_ignores_bom_line_ends_tabs_and_blank_lines(tmp_path):
+    from pipeline.sources.base import read_csv_rows
+
+    lines = ["Usage,Image name", "Training,a.png", 'PublicTest,"b.png', "PrivateTest,c.png"]
+    variants = {
+        "plain": "\n".join(lines).encode(),
+        "bom_crlf": b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\r\n  \r\n",
+        "utf16": b"\xff\xfe" + "\n".join(lines).encode("utf-16-le"),
+        "tabs_cr": "\r".join(line.replace(",", "\t") for line in lines).encode() + b"\r\t\r",
+        "blank_between": "\n\n".join(lines).encode() + b"\n",
+    }
+    expected = [["Usage", "Image name"], ["Training", "a.png"], ["PublicTest", "b.png"], ["PrivateTest", "c.png"]]
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        assert [cells for _, cells in read_csv_rows(tmp_path / name)] == expected, name
+    # the stray quote stays in its own line; line numbers are the file's
+    assert [n for n, _ in read_csv_rows(tmp_path / "blank_between")] == [1, 3, 5, 7]
+
+
+def test_unsafe_relpaths_are_named():
+    from pipeline.sources.base import normal_relpath, unsafe_relpath
+
+    for bad in ("", "../x.jpg", "a/../../x.jpg", "/etc/passwd", "\\\\server\\x", "C:/x.jpg", "a/./b.jpg",
+                "..\\x.jpg", "a\x00b.jpg"):
+        assert unsafe_relpath(bad), bad
+    for good in ("a.jpg", "1/a.jpg", "a..b.jpg", "my photo.jpg", "~x.jpg"):
+        assert unsafe_relpath(good) is None, good
+    assert normal_relpath("1//a.jpg") == "1/a.jpg" and normal_relpath("1/a.jpg/") == "1/a.jpg"
+
+
+def test_ferplus_bom_keeps_pairing_and_count_mismatch_refuses(tmp_path):
+    root = tmp_path / "ferplus"
+    make_ferplus(root)
+    pixels = (root / "fer2013.csv").read_bytes()
+    (root / "fer2013.csv").write_bytes(b"\xef\xbb\xbf" + pixels.replace(b"\n", b"\r\n"))
+    result = prepare_source("ferplus", root, None, work_dir=tmp_path / "work", progress=False)
+    rows = (root / "fer2013.csv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    names = [line.split(",")[1] for line in (root / "fer2013new.csv").read_text().splitlines()[1:]]
+    for relpath in result.samples.column("relpath").to_pylist():
+        i = names.index(relpath.split("/", 1)[1])
+        with Image.open(result.image_root / relpath) as image:
+            np.testing.assert_array_equal(np.asarray(image), decode_pixels(rows[i].split(",")[1]))
+    (root / "fer2013.csv").write_bytes(pixels + b"0," + b"1 " * 2304 + b",Training\n")
+    from pipeline.contract.errors import DataError
+    with pytest.raises(DataError, match="fer2013.csv has 12 data rows and fer2013new.csv has 11"):
+        prepare_source("ferplus", root, None, work_dir=tmp_path / "work", progress=False)
+
+
+def test_ferplus_cache_never_serves_another_rows_pixels(tmp_path):
+    """Same pixel file, label file with two names swapped, same cache: each image follows its own row."""
+    root = tmp_path / "ferplus"
+    make_ferplus(root)
+    first = prepare_source("ferplus", root, None, work_dir=tmp_path / "work", progress=False)
+    labels = (root / "fer2013new.csv").read_text()
+    swapped = labels.replace("fer0000000.png", "@").replace("fer0000006.png", "fer0000000.png").replace(
+        "@", "fer0000006.png")
+    (root / "fer2013new.csv").write_text(swapped)
+    second = prepare_source("ferplus", root, None, work_dir=tmp_path / "work", progress=False)
+    with Image.open(first.image_root / "train/fer0000000.png") as a, \
+            Image.open(second.image_root / "train/fer0000006.png") as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_every_input_gets_one_verdict_and_the_cli_says_so(tmp_path, capsys):
+    root = tmp_path / "mine"
+    write_jpeg(root / "train" / "happy" / "a.jpg", 1)
+    write_jpeg(root / "train" / "b.jpg", 2)                    # no class folder
+    write_jpeg(root / "trian" / "happy" / "c.jpg", 3)          # misspelt split
+    (root / "train" / "happy" / "d.jpg").symlink_to("gone.jpg")
+    (root / "README.md").write_text("notes")
+    result = prepare_source("folder", root, None, progress=False)
+    summary = result.summary()
+    assert summary["inputs"] == 5 and summary["samples"] == 1
+    assert summary["quarantine"] == {"no_class_folder": 1, "unknown_split_folder": 1, "dangling_symlink": 1}
+    assert summary["exclusions"] == {"file_outside_split_folders": 1}
+    assert sources_cli(["folder", "--root", str(root), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "input rows or files: 5" in capsys.readouterr().out

@@ -1,7 +1,8 @@
-"""The synthetic generator: determinism, ground truth, balance, and the measured criteria.
+"""The synthetic generator: determinism, ground truth, balance, the adapter, and the measured criteria.
 
 The measured criteria run the real default models (dlib HOG with upsample 0, dlib's 68-point
-predictor) on 400 images from a fixed seed at the default 256 crop.
+predictor) on 400 images from a fixed seed at the default 256 px (bench/bench_synthetic.py measures
+the same on 1,600).
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 
 from pipeline.contract.classes import AU_INTENSITY_NAMES, CANONICAL_CLASSES
 from pipeline.contract.errors import ConfigError
+from pipeline.synthetic import criteria
+from pipeline.synthetic.expressions import CLASS_VA
 from pipeline.synthetic.generator import SYNTHETIC_VERSION, SyntheticConfig, generate, generate_sample, split_of
+from pipeline.synthetic.reference import SOURCE_NAMES
 
 SMALL = SyntheticConfig(n=16, size=96, seed=5, num_classes=8)
-HOG_SCORE_THRESHOLD = 0.5  # as pipeline.stages.faces: dlib HOG gives low-score false positives below ~0.5
 
 
 def _assert_same(a, b) -> None:
@@ -44,6 +47,8 @@ def test_shapes_dtypes_and_ranges(num_classes, size):
         assert s.landmarks.shape == (68, 2) and s.landmarks.dtype == np.float32
         assert s.au_intensity.shape == (len(AU_INTENSITY_NAMES),) and s.au_intensity.dtype == np.float32
         assert 0 <= s.label < num_classes and 0 <= s.identity < config.num_identities
+        assert s.source == SOURCE_NAMES[s.identity % len(SOURCE_NAMES)]
+        assert -1 <= s.valence <= 1 and -1 <= s.arousal <= 1
         assert config.min_intensity <= s.intensity <= config.max_intensity
         assert abs(s.rotation_deg) <= config.max_rotation_deg
         assert np.all((s.au_intensity >= 0) & (s.au_intensity <= 5))
@@ -94,8 +99,8 @@ def test_au_intensities_are_the_class_recipe():
 
 
 def test_expressions_move_the_true_landmarks():
-    """Brows rise in surprise, mouth corners rise in happiness and fall in sadness (face frame)."""
-    config = SyntheticConfig(n=64, size=96, seed=8, num_classes=8, blend_share=0.0, identity_strength=0.0,
+    """On each photo: brows rise in surprise, mouth corners rise in happiness and fall in sadness."""
+    config = SyntheticConfig(n=160, size=96, seed=8, num_classes=8, blend_share=0.0, identity_strength=0.0,
                              max_rotation_deg=0.0, min_intensity=1.0, max_intensity=1.0)
 
     def frame(points):  # eye-line frame, outer eye-corner distance 1, y down
@@ -104,13 +109,34 @@ def test_expressions_move_the_true_landmarks():
 
     by_class = {}
     for s in generate(config):
-        by_class.setdefault(CANONICAL_CLASSES[s.label], frame(s.landmarks.astype(np.float64)))
-    neutral = by_class["neutral"]
-    assert by_class["surprise"][17:27, 1].mean() < neutral[17:27, 1].mean() - 0.1
-    assert by_class["happiness"][[48, 54], 1].mean() < neutral[[48, 54], 1].mean() - 0.05
-    assert by_class["sadness"][[48, 54], 1].mean() > neutral[[48, 54], 1].mean() + 0.03
-    assert by_class["contempt"][54, 1] < neutral[54, 1] - 0.03  # one-sided
-    assert by_class["contempt"][48, 1] == pytest.approx(neutral[48, 1], abs=1e-6)
+        by_class.setdefault((s.source, CANONICAL_CLASSES[s.label]), frame(s.landmarks.astype(np.float64)))
+    for source in SOURCE_NAMES:
+        shape = {name: by_class[(source, name)] for name in CANONICAL_CLASSES}
+        neutral = shape["neutral"]
+        assert shape["surprise"][17:27, 1].mean() < neutral[17:27, 1].mean() - 0.1, source
+        assert shape["happiness"][[48, 54], 1].mean() < neutral[[48, 54], 1].mean() - 0.05, source
+        assert shape["sadness"][[48, 54], 1].mean() > neutral[[48, 54], 1].mean() + 0.03, source
+        assert shape["contempt"][54, 1] < neutral[54, 1] - 0.03, source  # one-sided
+        assert shape["contempt"][48, 1] == pytest.approx(neutral[48, 1], abs=1e-6), source
+
+
+def test_valence_arousal_is_the_circumplex_mix_scaled_by_intensity():
+    config = SyntheticConfig(n=140, size=64, seed=6, num_classes=7, blend_share=0.3)
+    va = np.array([CLASS_VA[name] for name in CANONICAL_CLASSES[:7]])  # [7, 2]
+    blended = 0
+    for s in generate(config):
+        expected = s.intensity * (s.distribution @ va)  # [2]
+        assert (s.valence, s.arousal) == pytest.approx(tuple(expected), abs=1e-5)
+        blended += s.distribution.max() < 1
+    assert blended > 20
+    assert CLASS_VA["neutral"] == (0.0, 0.0)
+    assert CLASS_VA["happiness"][0] > 0.7 and CLASS_VA["sadness"][0] < -0.5 and CLASS_VA["sadness"][1] < 0
+    assert all(CLASS_VA[name][1] > 0.6 for name in ("surprise", "fear", "anger"))
+
+
+def test_identities_differ_more_than_expressions_move():
+    identity, expression = criteria.shape_spread()
+    assert identity > expression, f"identity RMS {identity:.4f} vs full expression RMS {expression:.4f}"
 
 
 def test_split_is_about_80_20_per_class():
@@ -121,26 +147,30 @@ def test_split_is_about_80_20_per_class():
 
 
 def test_mesh_never_folds():
-    """Across classes, blends, identities and full intensity no warp triangle turns over."""
-    from pipeline.synthetic import generator as synthetic
+    """On each photo, across classes, blends, identities and full intensity no warp triangle turns over."""
+    from pipeline.synthetic.expressions import class_weights, expression
+    from pipeline.synthetic.reference import reference
+    from pipeline.synthetic.shape import identity_morph, untangle
 
-    ref = synthetic._reference()
-    tri = ref.triangles
-
-    def signed_area(points):
-        a, b, c = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
-        return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-
-    orientation = np.sign(signed_area(ref.points))
-    assert np.all(orientation != 0)
     config = SyntheticConfig(n=400, seed=9, num_classes=8, blend_share=0.5, min_intensity=0.9)
-    for index in range(config.n):
-        rng = np.random.default_rng([config.seed, index])
-        expression = synthetic._expression(config, index, rng)
-        offset, _ = synthetic._identity_morph(ref.neutral, config.seed, int(rng.integers(8)), 1.0)
-        face = synthetic._untangle(ref.neutral + offset + expression.field)
-        area = signed_area(np.concatenate([face, ref.points[68:]])) * orientation
-        assert area.min() >= -1e-9, f"sample {index}: folded triangles {tri[area < -1e-9].tolist()}"
+    for k in range(len(SOURCE_NAMES)):
+        ref = reference(k)
+        tri = ref.triangles
+
+        def signed_area(points):
+            a, b, c = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
+            return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+
+        orientation = np.sign(signed_area(ref.points))
+        assert np.all(orientation != 0)
+        for index in range(k, config.n, 2):
+            rng = np.random.default_rng([config.seed, index])
+            weights = class_weights(config.num_classes, index % config.num_classes, rng, config.blend_share)
+            expr = expression(weights, float(rng.uniform(0.9, 1.0)), ref.side)
+            offset, _ = identity_morph(ref.neutral, config.seed, index, 1.0)
+            face = untangle(ref.neutral + offset + expr.field)
+            area = signed_area(np.concatenate([face, ref.points[68:]])) * orientation
+            assert area.min() >= -1e-9, f"{ref.name} sample {index}: folded triangles {tri[area < -1e-9].tolist()}"
 
 
 def test_bad_config_and_index_fail_clearly():
@@ -152,74 +182,58 @@ def test_bad_config_and_index_fail_clearly():
         generate_sample(SMALL, SMALL.n)
 
 
+def test_adapter_carries_boxes_points_and_va(tmp_path):
+    """samples.parquet has given_bbox / given_landmarks (so faces=given, landmarks=provided work) and VA."""
+    from pipeline.contract.tables import vectors_to_numpy
+    from pipeline.geometry import template_points, transform_from_box, transform_from_points
+    from pipeline.sources import prepare_source
+
+    result = prepare_source("synthetic", tmp_path, overrides={"n": 14, "size": 96}, progress=False)
+    samples = result.samples
+    for column in ("given_bbox", "given_landmarks", "valence", "arousal", "votes"):
+        assert column in samples.column_names, column
+    boxes = vectors_to_numpy(samples.column("given_bbox"))  # [N, 4]
+    points = vectors_to_numpy(samples.column("given_landmarks")).reshape(-1, 68, 2)  # [N, 68, 2]
+    eyes = template_points(256)[:2].mean(0)  # [2] template eye midpoint
+    for box, marks in zip(boxes, points):
+        assert box[2] == box[3] > 0 and np.all(box[:2] > -box[2])
+        from_box = transform_from_box(box, 256)
+        from_points = transform_from_points(marks, 256)
+        mid = np.stack([marks[36:42].mean(0), marks[42:48].mean(0)]).mean(0)  # [2] eye midpoint
+        assert np.allclose(from_box[:, :2] @ mid + from_box[:, 2], eyes, atol=1e-3)
+        assert abs(np.linalg.norm(from_box[:, 0]) - np.linalg.norm(from_points[:, 0])) < 0.02
+    assert np.isfinite(samples.column("valence").to_numpy()).all()
+
+
 # --- measured criteria: the real default models see the faces and the expressions -------------------
-
-def _procrustes(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Similarity-align [68, 2] points to a centred, unit-norm reference (no reflection)."""
-    x = points - points.mean(0)
-    x = x / np.linalg.norm(x)
-    u, _, vt = np.linalg.svd(x.T @ reference)
-    if np.linalg.det(u @ vt) < 0:
-        u[:, -1] *= -1
-    return x @ (u @ vt)
-
 
 @pytest.fixture(scope="module")
 def measured():
     """400 images (8 classes, 50 each) with dlib's best HOG box (upsample 0) and its 68 points."""
-    from pipeline.models.dlib_models import hog_detector, shape_predictor
-
     config = SyntheticConfig(n=400, size=256, seed=2024, num_classes=8)
-    rows = []
-    for s in generate(config):
-        rects, scores, _ = hog_detector().run(s.image, 0, 0.0)
-        kept = [(score, rect) for score, rect in zip(scores, rects) if score >= HOG_SCORE_THRESHOLD]
-        points = None
-        if kept:
-            rect = max(kept, key=lambda pair: pair[0])[1]
-            points = np.array([[p.x, p.y] for p in shape_predictor()(s.image, rect).parts()], np.float64)
-        rows.append((s, points))
-    return rows
+    return criteria.dlib_measure(generate(config))
 
 
 def test_dlib_hog_finds_the_faces(measured):
-    rows = measured
-    labels = np.array([s.label for s, _ in rows])
-    found = np.array([points is not None for _, points in rows])
-    per_class = {CANONICAL_CLASSES[c]: round(float(found[labels == c].mean()), 3) for c in range(8)}
-    message = f"HOG detection {found.mean():.3f} overall, per class {per_class}"
-    assert found.mean() >= 0.95, message
-    assert min(per_class.values()) >= 0.90, message
+    per_class = criteria.detection_rates(measured, 8)
+    found = np.mean([r.points is not None for r in measured])
+    message = f"HOG detection {found:.3f} overall, per class { {k: round(v, 3) for k, v in per_class.items()} }"
+    assert found >= 0.95, message
+    assert min(per_class.values()) >= 0.92, message  # 50 per class here; >= 0.95 on bench_synthetic's 1,600
 
 
 def test_dlib_landmarks_match_the_true_points(measured):
-    nme = np.array([  # inter-ocular (outer eye corners) NME per image
-        np.linalg.norm(points - s.landmarks, axis=1).mean() / np.linalg.norm(s.landmarks[45] - s.landmarks[36])
-        for s, points in measured if points is not None])
+    nme = criteria.nme(measured)
     message = f"NME mean {nme.mean():.4f}, p90 {np.percentile(nme, 90):.4f}, max {nme.max():.4f}"
     assert nme.mean() <= 0.04, message
     assert np.percentile(nme, 90) <= 0.06, message
 
 
-def test_expression_reaches_the_dlib_landmarks(measured):
-    """Leave-one-out nearest centroid on Procrustes-aligned dlib points, single expressions >= 0.5."""
-    kept = [(s, p) for s, p in measured if p is not None and s.distribution.max() == 1.0 and s.intensity >= 0.5]
-    labels = np.array([s.label for s, _ in kept])
-    reference = kept[0][1] - kept[0][1].mean(0)
-    reference /= np.linalg.norm(reference)
-    for _ in range(3):  # generalised Procrustes: align to the mean shape, re-estimate it
-        aligned = np.stack([_procrustes(p, reference) for _, p in kept])  # [N, 68, 2]
-        reference = aligned.mean(0) / np.linalg.norm(aligned.mean(0))
-    x = aligned.reshape(len(kept), -1)  # [N, 136]
-    sums = np.stack([x[labels == c].sum(0) for c in range(8)])  # [8, 136]
-    counts = np.bincount(labels, minlength=8).astype(np.float64)  # [8]
-    predicted = np.empty_like(labels)
-    for i in range(len(x)):
-        own = np.eye(8)[labels[i]]  # leave sample i out of its class centroid
-        centroids = (sums - own[:, None] * x[i]) / (counts - own)[:, None]
-        predicted[i] = np.argmin(((centroids - x[i]) ** 2).sum(1))
-    correct = predicted == labels
-    per_class = {CANONICAL_CLASSES[c]: round(float(correct[labels == c].mean()), 3) for c in range(8)}
-    message = f"nearest-centroid accuracy {correct.mean():.3f} over {len(x)} faces, per class {per_class}"
-    assert correct.mean() >= 0.80, message
-    assert min(per_class.values()) >= 0.60, message
+def test_landmarks_carry_the_expression_but_are_no_oracle(measured):
+    """Leave-one-out nearest centroid on Procrustes-aligned dlib points, single expressions: well above
+    chance (1/8), well below the 0.93 of generator v1, where landmark neighbours told the class."""
+    accuracy, per_class, count = criteria.nearest_centroid_accuracy(measured, 8)
+    message = (f"nearest-centroid accuracy {accuracy:.3f} over {count} faces, "
+               f"per class { {k: round(v, 3) for k, v in per_class.items()} }")
+    assert 0.50 <= accuracy <= 0.88, message
+    assert min(per_class.values()) >= 0.2, message

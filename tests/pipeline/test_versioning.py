@@ -70,3 +70,16 @@ def test_hash_cache_rereads_only_changed_files(tmp_path):
     os.utime(files[1], ns=(1, 1))
     second = cache.hash_many(files)
     assert cache.misses == 1 and second[1] != first[1] and second[0] == first[0]
+
+
+def test_lock_paths_are_relative_to_the_deepest_declared_root(tmp_path, monkeypatch):
+    from pipeline.contract.lock import declared_roots, relative_record, resolve_record
+
+    monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
+    roots = declared_roots(tmp_path / "cache" / "sources" / "synthetic")
+    record = relative_record(tmp_path / "cache" / "sources" / "synthetic" / "images" / "a.png", roots)
+    assert record == {"root": "dataset", "path": "images/a.png"}
+    assert relative_record(tmp_path / "cache" / "hashes.sqlite", roots) == {"root": "cache", "path": "hashes.sqlite"}
+    assert relative_record("/elsewhere/HR18.pth", roots) == {"root": None, "path": "HR18.pth"}
+    assert resolve_record(record, roots) == tmp_path / "cache" / "sources" / "synthetic" / "images" / "a.png"
+    assert resolve_record({"root": "data", "path": "x"}, roots) is None          # FER_DATA_ROOT not set

@@ -1,34 +1,51 @@
 """Shared fixtures of the trainer tests (also used by the LA-Net, SOFT and LDLVA test files here).
 
-`tiny_prepared_version` builds one complete prepared version of the synthetic dataset per session
-(training.testbed.build_tiny_version: 120 samples, 64x64 crops, true landmarks and AUs, exact KNN
-graphs `au`, `landmarks`, `va` (FAKE per-class VA), label variants `clean` and `sym-0.30`, a lock).
-Tests read it through `training.data.PreparedVersion.open(..., artifacts_root=, manifests_root=)`
-or by setting FER_ARTIFACTS / FER_MANIFESTS (see `tiny_env`). Never write into it.
+`tiny_prepared_version` is one small version of the synthetic dataset per session, built by the real
+prepare (bench.prepared.prepare_small_version: 160 samples, given boxes, provided 68 points, estimated
+AUs, exact KNN graphs, 64x64 crops, label variants `clean` and `sym-0.30`). Tests read it through
+`training.data.PreparedVersion.open(..., artifacts_root=, manifests_root=)` or by setting FER_ARTIFACTS /
+FER_MANIFESTS (see `tiny_env`). Never write into it. `needs_va` skips a test while the synthetic
+source carries no valence-arousal (so the prepare writes no `va` graph).
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
-from training.testbed import TinyVersion, build_tiny_version
+from bench.prepared import SmallVersion, prepare_small_version
 
+TINY_SAMPLES = 160
 TINY_CROP = 64      # stored crop side
 TINY_IMAGE = 56     # random crop side fed to the network
 
 
+def small_version_root(tmp_path_factory) -> tuple:
+    """(root, image cache) shared by every test directory, so one session prepares one version."""
+    base = tmp_path_factory.getbasetemp()
+    cache = os.environ.get("FER_TEST_CACHE") or str(base / "fer-cache")
+    return base / "small-version", cache
+
+
 @pytest.fixture(scope="session")
-def tiny_prepared_version(tmp_path_factory) -> TinyVersion:
-    """A read-only tiny prepared version (fields: dataset, version, artifacts_root, manifests_root, ...)."""
-    root = tmp_path_factory.mktemp("tiny-version")
-    return build_tiny_version(root / "artifacts", root / "manifests", n=120, crop_size=TINY_CROP, seed=0)
+def tiny_prepared_version(tmp_path_factory) -> SmallVersion:
+    """A read-only small prepared version (fields: dataset, version, artifacts_root, manifests_root, ...)."""
+    root, cache = small_version_root(tmp_path_factory)
+    return prepare_small_version(root, n=TINY_SAMPLES, crop_size=TINY_CROP, cache=cache)
 
 
 @pytest.fixture
-def tiny_env(tiny_prepared_version, monkeypatch) -> TinyVersion:
+def needs_va(tiny_prepared_version) -> None:
+    if "va" not in tiny_prepared_version.graphs:
+        pytest.skip("the synthetic source has no valence-arousal yet (second generator), so no `va` graph")
+
+
+@pytest.fixture
+def tiny_env(tiny_prepared_version, monkeypatch) -> SmallVersion:
     """Point FER_ARTIFACTS / FER_MANIFESTS at the tiny version (for code that uses the defaults)."""
-    monkeypatch.setenv("FER_ARTIFACTS", str(tiny_prepared_version.artifacts_root))
-    monkeypatch.setenv("FER_MANIFESTS", str(tiny_prepared_version.manifests_root))
+    for key, value in tiny_prepared_version.env.items():
+        monkeypatch.setenv(key, value)
     return tiny_prepared_version
 
 

@@ -184,7 +184,7 @@ def test_epoch_end_writes_targets_and_reports_recovery_and_votes(tmp_path):
     metrics = method.on_epoch_end(0, tmp_path)
     assert 0.0 <= metrics["target_flipped_recovered"] <= 1.0
     assert metrics["target_flipped_share"] == pytest.approx(0.5)        # odd indices were "flipped"
-    assert {"jsd_targets_votes", "jsd_labels_votes", "target_ambiguous_share"} <= set(metrics)
+    assert {"targets_votes_js_bits", "labels_votes_js_bits", "target_ambiguous_share"} <= set(metrics)
     table = read_table(targets_path(tmp_path, 0))
     assert table.column("sample_id").to_pylist() == list(range(1000, 1000 + NUM_TRAIN))
     np.testing.assert_allclose(vectors_to_numpy(table.column("distribution")), method.target_distributions().numpy())

@@ -1,4 +1,4 @@
-"""LDLVA through the generic engine on the tiny synthetic version (sym-0.30, the testbed's FAKE VA graph):
+"""LDLVA through the generic engine on the tiny synthetic version (sym-0.30, its `va` graph):
 grouped batches (ldlva) and the memory variant (ldlva_memory) train without NaNs; lambda and the centres
 are per-sample/global state carried by the checkpoint."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from training.engine import fit
 
 
 @pytest.mark.parametrize("method", ["ldlva", "ldlva_memory"])
-def test_ldlva_trains_through_the_engine(tiny_overrides, method):
+def test_ldlva_trains_through_the_engine(tiny_overrides, method, needs_va):
     run_id = f"{method}-a"
     overrides = list(tiny_overrides) + [("noise", "sym-0.30"), ("epochs", "1"), ("batch_size", "16"),
                                         ("data.au_neighbors", "4"), ("runtime.max_steps", "3"),

@@ -20,17 +20,24 @@ def _open(v):
 def test_open_loads_every_artefact(tiny_prepared_version):
     pv = _open(tiny_prepared_version)
     assert pv.version == tiny_prepared_version.version
-    assert pv.crops.shape == (120, 64, 64, 3) and pv.crops.dtype == np.uint8
-    assert pv.landmarks.shape == (120, 68, 2) and pv.aus.shape == (120, 17)
-    assert pv.va.shape == (120, 2) and pv.votes.shape == (120, 7)
+    n, side = tiny_prepared_version.num_samples, tiny_prepared_version.crop_size
+    assert pv.crops.shape == (n, side, side, 3) and pv.crops.dtype == np.uint8
+    assert pv.landmarks.shape == (n, 68, 2) and pv.aus.shape == (n, 17)
+    assert pv.votes.shape == (n, 7)
     assert pv.num_classes == 7
     assert pv.label_variants() == ["clean", "sym-0.30"]
-    assert pv.graph_spaces() == ["au", "landmarks", "va"]
+    assert pv.graph_spaces() == list(tiny_prepared_version.graphs)
+    assert {"au", "landmarks"} <= set(pv.graph_spaces())
     train = pv.split_data("train", "sym-0.30")
     assert train.flipped.sum() == round(0.3 * len(train))
     assert (train.clean_label == pv.label[train.sample_id]).all()
     test = pv.eval_split("sym-0.30")
     assert not test.flipped.any()  # test labels are never noised
+
+
+def test_open_loads_valence_arousal(tiny_prepared_version, needs_va):
+    pv = _open(tiny_prepared_version)
+    assert pv.va.shape == (tiny_prepared_version.num_samples, 2) and "va" in pv.graph_spaces()
 
 
 def test_missing_version_and_variant_say_how_to_fix(tiny_prepared_version, tmp_path):
@@ -50,7 +57,7 @@ def test_train_graph_maps_neighbours_and_drops_other_splits(tiny_prepared_versio
     train = pv.split_data("train", "clean")
     nbr, sim = pv.train_graph("au", train)
     graph = read_graph(pv.directory / "graphs" / "au.parquet")
-    is_train = np.zeros(120, bool)
+    is_train = np.zeros(tiny_prepared_version.num_samples, bool)
     is_train[train.sample_id] = True
     for row, sid in enumerate(train.sample_id):
         expected = [n for n in graph.neighbors[sid] if is_train[n]]  # nearest first, test samples dropped
@@ -64,7 +71,7 @@ def test_train_graph_maps_neighbours_and_drops_other_splits(tiny_prepared_versio
 def test_loader_batch_has_contract_keys(tiny_prepared_version):
     pv = _open(tiny_prepared_version)
     train = pv.split_data("train", "sym-0.30")
-    needs = {"landmarks", "aus", "va", "votes", "two_views"}
+    needs = {"landmarks", "aus", "votes", "two_views"} | ({"va"} if pv.va is not None else set())
     check_needs(needs, pv, "test")
     ds = SplitDataset(pv, train, AugmentConfig(56), needs, seed=1)
     raw = ds[BatchRequest(0, 0, np.arange(8))]
@@ -73,7 +80,8 @@ def test_loader_batch_has_contract_keys(tiny_prepared_version):
     assert batch["image2"].shape == (8, 3, 56, 56)
     assert not torch.equal(batch["image"], batch["image2"])  # a second, different augmentation
     assert batch["landmarks"].shape == (8, 68, 2) and batch["aus"].shape == (8, 17)
-    assert batch["va"].shape == (8, 2) and batch["votes"].shape == (8, 7)
+    assert batch["votes"].shape == (8, 7)
+    assert pv.va is None or batch["va"].shape == (8, 2)
     assert batch["index"].tolist() == list(range(8))
     assert torch.equal(batch["sample_id"], torch.from_numpy(train.sample_id[:8]))
     again = ds[BatchRequest(0, 0, np.arange(8))]

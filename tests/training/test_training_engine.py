@@ -13,6 +13,7 @@ import yaml
 from pipeline.contract.errors import ConfigError
 from training.checkpoint import load_checkpoint
 from training.config import resolve_config
+from training.data import PreparedVersion
 from training.engine import fit, lr_factor
 from training.report import read_metrics
 from training.train import main
@@ -34,7 +35,10 @@ def test_fit_writes_run_outputs(tiny_overrides, tiny_prepared_version, tmp_path)
                  "confusion_matrix.png", "checkpoints/last.pt"):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").iterdir())
-    assert 0 <= final["test_accuracy"] <= 1 and final["n_flipped"] == 30
+    v = tiny_prepared_version
+    num_train = len(PreparedVersion.open(v.dataset, v.version, v.artifacts_root, v.manifests_root)
+                    .split_data("train", "sym-0.30"))
+    assert 0 <= final["test_accuracy"] <= 1 and final["n_flipped"] == round(0.3 * num_train)
     assert final["recovered"] + final["memorised"] <= 1
     ckpt = load_checkpoint(run_dir)
     assert ckpt["dataset_version"] == tiny_prepared_version.version
@@ -124,5 +128,7 @@ def test_ddp_two_process_gloo_epoch(tiny_prepared_version, tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert train and all(r["loss"] == r["loss"] for r in train)
     steps = max(r["step"] for r in train)
-    assert steps == 99 // (2 * 4)  # 99 training centres, 4 groups per rank, 2 ranks
+    num_train = len(PreparedVersion.open(v.dataset, v.version, v.artifacts_root, v.manifests_root)
+                    .split_data("train", "sym-0.30"))
+    assert steps == num_train // (2 * 4)  # every training centre once, 4 groups per rank, 2 ranks
     assert any(r["kind"] == "eval" for r in records)

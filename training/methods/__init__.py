@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import importlib
-import logging
 
 from training.methods.base import DataInfo, Method, StepInfo, method_class, method_names, register_method
 
-log = logging.getLogger(__name__)
-
-# Built-in method modules; each registers itself on import. A module not yet present is skipped.
+# Built-in method modules; each registers itself on import (a missing one is an error, never skipped).
 BUILTIN_MODULES = ("baseline", "ldl_alsg", "lanet", "soft", "ldlva")
 
 for _module in BUILTIN_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{_module}":
-            raise
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["DataInfo", "Method", "StepInfo", "method_class", "method_names", "register_method"]

@@ -71,8 +71,9 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     config_class: type | None = None
 
     def __init__(self, config, info: DataInfo):
+        """Every method's config goes through `coerce_config` here; subclasses read `self.config`."""
         super().__init__()
-        self.config = config
+        self.config = self.coerce_config(config)
         self.info = info
 
     @classmethod

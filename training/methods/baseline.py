@@ -27,8 +27,9 @@ class Baseline(Method):
     needs = frozenset()
     config_class = BaselineConfig
 
-    def __init__(self, config: BaselineConfig, info: DataInfo):
+    def __init__(self, config, info: DataInfo):
         super().__init__(config, info)
+        config = self.config
         self.backbone, dim = build_backbone(config.backbone, config.backbone_weights)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(dim, info.num_classes)

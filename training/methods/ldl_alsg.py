@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.contract.errors import ConfigError, choices_message
 from training.methods.base import DataInfo, Method, StepInfo, register_method
 from training.models import build_backbone
 
@@ -64,14 +65,14 @@ class LdlAlsg(Method):
     needs = frozenset({"groups"})
     config_class = LdlAlsgConfig
 
-    def __init__(self, config: LdlAlsgConfig, info: DataInfo):
+    def __init__(self, config, info: DataInfo):
         super().__init__(config, info)
+        config = self.config
         self.backbone, dim = build_backbone(config.backbone, config.backbone_weights)
         self.classifier = nn.Linear(dim, info.num_classes)
         names = {"au": ROLE_AU, "landmarks": ROLE_LANDMARK}
         unknown = [s for s in config.spaces if s not in names]
         if unknown:
-            from pipeline.contract.errors import ConfigError, choices_message
             raise ConfigError(choices_message("ldl_alsg space", unknown[0], sorted(names)))
         self.roles = tuple(names[s] for s in config.spaces)
 

@@ -204,8 +204,8 @@ class LdlvaMethod(Method):
     neighbor_source = "batch"
 
     def __init__(self, config, info: DataInfo):
-        config = self.coerce_config(config)
         super().__init__(config, info)
+        config = self.config
         from training.models import build_backbone
 
         self.backbone, feature_dim = build_backbone(config.backbone, weights_path=config.backbone_weights)

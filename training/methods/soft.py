@@ -162,8 +162,8 @@ class SoftMethod(Method):
     eval_branches = EVAL_BRANCHES
 
     def __init__(self, config, info: DataInfo):
-        config = self.coerce_config(config)
         super().__init__(config, info)
+        config = self.config
         from training.models import build_backbone
 
         backbone, feature_dim = build_backbone(config.backbone, weights_path=config.backbone_weights)

@@ -18,20 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STAGE_VERSION = "1.0.0"
+from pipeline.contract.layouts import AFLW19_FROM_IBUG68
 
-# AFLW-19 layout from iBUG-68 indices (0-based): each output point is the mean of its group.
-AFLW19_FROM_IBUG68: tuple[tuple[int, ...], ...] = (
-    (17,), (19,), (21,), (22,), (24,), (26,),                       # brows: outer, middle, inner x2
-    (36,), (37, 38, 40, 41), (39,), (42,), (43, 44, 46, 47), (45,),   # eyes: corner, centre, corner x2
-    (31,), (30,), (35,),                                            # nose: left wing, tip, right wing
-    (48,), (51, 57), (54,),                                         # mouth: corner, centre, corner
-    (8,),                                                           # chin
-)
+STAGE_VERSION = "1.0.0"
 
 
 def aflw19_from_ibug68(points: torch.Tensor) -> torch.Tensor:
-    """[B, 68, 2] -> [B, 19, 2]: the official code's 19-point layout from iBUG-68 points."""
+    """[B, 68, 2] -> [B, 19, 2]: the official code's 19-point layout, by pipeline.contract.layouts' mapping."""
     if points.shape[-2] != 68:
         raise ValueError(f"aflw19_from_ibug68 needs 68 points, got {points.shape[-2]}")
     return torch.stack([points[..., list(group), :].mean(dim=-2) for group in AFLW19_FROM_IBUG68], dim=-2)

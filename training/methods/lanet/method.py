@@ -33,7 +33,7 @@ from pipeline.contract.errors import ConfigError, choices_message
 from training.distributed import gather_cat, gather_cat_with_grad, rank
 from training.methods.base import DataInfo, Method, StepInfo, register_method
 from training.methods.lanet.diagnostics import (
-    flipped_recovery,
+    target_recovery,
     targets_path,
     vote_divergence,
     write_target_distributions,
@@ -123,8 +123,8 @@ class LANet(Method):
     config_class = LANetConfig
 
     def __init__(self, config, info: DataInfo):
-        config = self.coerce_config(config)
         super().__init__(config, info)
+        config = self.config
         if info.train_labels is None:
             raise ConfigError("LA-Net needs DataInfo.train_labels (the noisy labels) to initialise its targets")
         needs = set()
@@ -253,7 +253,7 @@ class LANet(Method):
         targets = self.lde.targets.detach().float().cpu()          # [N, C]
         noisy = self.noisy_labels.cpu()
         metrics = {f"target_{k}": v for k, v in
-                   flipped_recovery(targets, noisy, self.seen_clean_labels.cpu()).items()}
+                   target_recovery(targets, noisy, self.seen_clean_labels.cpu()).items()}
         confidence = targets.max(dim=1).values
         metrics["target_mean_confidence"] = float(confidence.mean())
         metrics["target_ambiguous_share"] = float((confidence <= self.config.delta).float().mean())

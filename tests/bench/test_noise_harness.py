@@ -1,4 +1,4 @@
-"""The noise benchmark harness on the tiny synthetic version: 2 methods x 1 variant x 1 seed, a few steps;
+"""The noise benchmark harness (bench.noise) on the small prepared synthetic version: 2 methods x 1 variant x 1 seed, a few steps;
 the table, CSV, plot and per-cell JSON are written, SOFT's evaluation branch is chosen and recorded, and a
 second run retrains nothing."""
 from __future__ import annotations
@@ -9,8 +9,9 @@ import json
 import pytest
 import yaml
 
+from bench.noise.cli import build_plan, main, parse_args
+from bench.noise.plan import flatten, load_benchmark_file
 from pipeline.contract.errors import ConfigError
-from training.benchmark import build_plan, flatten, load_benchmark_file, main, parse_args
 
 
 def _write_config(path, steps: int = 2):
@@ -89,7 +90,7 @@ def test_config_file_forms_and_bad_input(tmp_path):
 
 
 def test_aggregate_mean_std_and_markdown_layout():
-    from training.benchmark_report import aggregate, format_markdown
+    from bench.noise.report import aggregate, format_markdown
 
     def cell(method, seed, acc, status="done"):
         return {"cell": {"method": method, "variant": "sym-0.30", "seed": seed}, "status": status,
@@ -113,7 +114,7 @@ def test_aggregate_mean_std_and_markdown_layout():
 
 
 def test_a_second_concurrent_run_of_the_same_benchmark_fails_at_once(tmp_path):
-    from training.benchmark import exclusive_run
+    from bench.noise.harness import exclusive_run
 
     plan = build_plan(*parse_args(["--dataset", "synthetic", "--out", str(tmp_path / "out"),
                                    "--runs-root", str(tmp_path / "runs")]))

@@ -1,4 +1,4 @@
-"""Tables and plot of the noise-robustness benchmark (training.benchmark): aggregation over seeds,
+"""Tables and plot of the noise-robustness benchmark (bench.noise): aggregation over seeds,
 Markdown in the layout of the papers' Table 1, long-format CSV and a matplotlib (Agg) bar chart."""
 from __future__ import annotations
 

@@ -1,0 +1,75 @@
+"""The noise benchmark's command line: `python bench/benchmark_noise.py` / `make benchmark-noise`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench.noise import __doc__ as PACKAGE_DOC
+from bench.noise.harness import run_benchmark
+from bench.noise.plan import DEFAULT_OUT, PROJECT_ROOT, BenchmarkPlan, load_benchmark_file
+from bench.noise.report import format_markdown
+from pipeline.contract.config import parse_set
+from pipeline.contract.errors import ConfigError, FerError
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> BenchmarkPlan:
+    from training.methods import method_names
+
+    options, common, per_method = load_benchmark_file(args.config)
+    methods = _csv(args.methods)
+    unknown = [m for m in methods if m not in method_names()]
+    if unknown or not methods:
+        raise ConfigError(f"unknown methods {unknown or methods}; valid choices: {', '.join(method_names())}")
+    stray = sorted(set(per_method) - set(method_names()))
+    if stray:
+        raise ConfigError(f"benchmark config names unknown methods {stray}; valid: {', '.join(method_names())}")
+    try:
+        seeds = tuple(int(s) for s in _csv(args.seeds))
+    except ValueError as exc:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from exc
+    variants = tuple(_csv(args.noise))
+    if not seeds or not variants:
+        raise ConfigError("give at least one noise variant (--noise) and one seed (--seeds)")
+    name = args.name or str(options.get("name", "benchmark_noise_{dataset}")).format(dataset=args.dataset)
+    runs_root = Path(args.runs_root or Path(os.environ.get("FER_RUNS") or PROJECT_ROOT / "runs") / "benchmarks")
+    return BenchmarkPlan(args.dataset, tuple(methods), variants, seeds, name, Path(args.out), runs_root,
+                         common, per_method, tuple(overrides), args.config, args.force)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    parser = argparse.ArgumentParser(prog="python bench/benchmark_noise.py", description=PACKAGE_DOC.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--methods", default="baseline,ldl_alsg,lanet,soft,ldlva", help="comma-separated")
+    parser.add_argument("--noise", default="clean", help="comma-separated noise variants, e.g. clean,sym-0.30")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--config", default=None, help="benchmark config (e.g. training/configs/benchmark_tiny.yaml)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default bench/results)")
+    parser.add_argument("--name", default=None, help="output file stem (default from the config)")
+    parser.add_argument("--runs-root", default=None, help="where cell runs go (default runs/benchmarks)")
+    parser.add_argument("--force", action="store_true", help="retrain finished cells too")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="training-config override for every cell (like training.train --set)")
+    args = parser.parse_args(argv)
+    return args, [parse_set(item) for item in args.set]   # the one --set parser (pipeline.contract.config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args, overrides = parse_args(argv)
+        summary = run_benchmark(build_plan(args, overrides))
+    except FerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_markdown(summary))
+    failed = [k for k, a in summary["actions"].items() if a == "failed"]
+    print(f"cells: {sum(a == 'trained' for a in summary['actions'].values())} trained, "
+          f"{sum(a == 'skipped' for a in summary['actions'].values())} already done, {len(failed)} failed")
+    return 1 if failed else 0

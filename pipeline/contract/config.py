@@ -1,0 +1,242 @@
+"""The one config builder and the one `--set` parser, shared by prepare and train.
+
+Layers, lowest first: dataclass defaults < YAML file(s) < `--set key.sub=value` overrides. Values are
+parsed as YAML (`1e-3`, `true`, `[1, 2]`, `{a: 1}`) and then coerced to the annotated type of the field
+they land on, recursing into nested dataclass fields. A value of the wrong type fails at once with one
+line naming the key, the value and the type expected, before any work starts:
+
+    >>> build_dataclass(Config, merge(load_yaml("x.yaml"), overrides_to_dict(["shard_size=abc"])))
+    ConfigError: config key 'shard_size': cannot use 'abc' as int
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+from pipeline.contract.errors import ConfigError, choices_message
+
+_UNION_TYPES = (typing.Union, types.UnionType)
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+# --- the `--set` parser ------------------------------------------------------------------------------
+
+def parse_set(item: str) -> tuple[str, object]:
+    """'section.key=value' -> ('section.key', YAML value). Empty keys or a missing '=' raise ConfigError."""
+    key, sep, raw = str(item).partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set graphs.k=8 or --set optim.lr=1e-3)")
+    return key, parse_value(raw)
+
+
+def parse_value(raw: object) -> object:
+    """A command-line string read as YAML ('8' -> 8, 'abc' -> 'abc', '[1, 2]' -> [1, 2]); others unchanged."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw                       # not YAML: keep the text; coercion reports a wrong type
+
+
+def set_dotted(values: dict, key: str, value: object) -> dict:
+    """Set `values[a][b][c] = value` for key 'a.b.c', creating sections; returns `values` (changed in place)."""
+    parts = key.split(".")
+    node = values
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"config key {key!r}: {'.'.join(parts[:depth + 1])!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+    return values
+
+
+def overrides_to_dict(items: Iterable[str | tuple[str, object]]) -> dict:
+    """Many `--set` items (strings or (key, value) pairs) -> one nested dict, later items winning."""
+    values: dict = {}
+    for item in items:
+        key, value = (item[0], parse_value(item[1])) if isinstance(item, tuple) else parse_set(item)
+        set_dotted(values, key, value)
+    return values
+
+
+# --- YAML layers -------------------------------------------------------------------------------------
+
+def load_yaml(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping at the top level (empty file: {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Mapping, update: Mapping | None) -> dict:
+    """Recursive dict merge (update wins, nested mappings merged key by key); returns a new dict."""
+    out = dict(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# --- coercion to annotated types ---------------------------------------------------------------------
+
+def _type_name(hint) -> str:
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in _UNION_TYPES:
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _wrong(key: str, value: object, hint) -> ConfigError:
+    return ConfigError(f"config key {key!r}: cannot use {value!r} as {_type_name(hint)}")
+
+
+def _scalar(value: object, hint, key: str):
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise _wrong(key, value, hint)
+    if hint is int:
+        if isinstance(value, bool):
+            raise _wrong(key, value, hint)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _wrong(key, value, hint) from None
+        if not isinstance(value, int):
+            raise _wrong(key, value, hint)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise _wrong(key, value, hint)
+        try:
+            number = float(value)
+        except ValueError:
+            raise _wrong(key, value, hint) from None
+        if isinstance(value, str) and not math.isfinite(number) and value.strip().lower() not in ("inf", "-inf"):
+            raise _wrong(key, value, hint)
+        return number
+    if hint is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise _wrong(key, value, hint)
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+def _sequence(value: object, hint, key: str) -> tuple | list:
+    origin = typing.get_origin(hint) or hint
+    args = typing.get_args(hint)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if args and args[-1] is Ellipsis:
+        items = [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
+    elif args and origin is tuple:
+        if len(args) != len(items):
+            raise ConfigError(f"config key {key!r}: {value!r} needs {len(args)} items, got {len(items)}")
+        items = [coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args))]
+    elif args:
+        items = [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
+    return tuple(items) if origin is tuple else items
+
+
+def _union(value: object, args: tuple, key: str, hint):
+    if value is None and type(None) in args:
+        return None
+    members = [a for a in args if a is not type(None)]
+    for member in members:                # keep a value that already has one of the member types
+        plain = typing.get_origin(member) or member
+        if isinstance(plain, type) and isinstance(value, plain) and not (isinstance(value, bool) and plain is not bool):
+            return coerce(value, member, key)
+    for member in members:                # else the first member it converts to
+        try:
+            return coerce(value, member, key)
+        except ConfigError:
+            continue
+    raise _wrong(key, value, hint)
+
+
+def coerce(value: object, hint, key: str):
+    """`value` converted to the annotated type `hint` (ConfigError naming `key` when it cannot be)."""
+    if hint is typing.Any or hint is object:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in _UNION_TYPES:
+        return _union(value, typing.get_args(hint), key, hint)
+    if value is None:
+        if hint is type(None):
+            return None
+        raise _wrong(key, value, hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config section {key!r} must be a mapping of {hint.__name__} fields, got {value!r}")
+        return build_dataclass(hint, value, key)
+    if hint in (tuple, list) or origin in (tuple, list):
+        return _sequence(value, hint, key)
+    if hint in (dict, Mapping) or origin in (dict, Mapping, typing.Mapping):
+        if not isinstance(value, Mapping):
+            raise _wrong(key, value, hint)
+        args = typing.get_args(hint)
+        if len(args) == 2:
+            return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    return _scalar(value, hint, key)
+
+
+def build_dataclass(cls: type, values: Mapping | None, prefix: str = ""):
+    """An instance of dataclass `cls` from a (nested) mapping: unknown keys and wrong types raise ConfigError.
+
+    Fields not in `values` keep their defaults; nested dataclass fields are built from nested mappings.
+    `prefix` names the section in messages ('graphs' gives 'graphs.k').
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in (values or {}).items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(choices_message(f"config key in {prefix or cls.__name__}", str(key), names))
+        kwargs[key] = coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:              # a __post_init__ comparing a value of the wrong type
+        raise ConfigError(f"config {prefix or cls.__name__}: {exc}") from exc
+
+
+def build_config(cls: type, files: Iterable[str | Path | None] = (), overrides: Iterable = (),
+                 base: Mapping | None = None):
+    """dataclass defaults < `base` < each YAML file in order < `--set` overrides -> an instance of `cls`."""
+    values = dict(base or {})
+    for path in files:
+        if path:
+            values = merge(values, load_yaml(path))
+    values = merge(values, overrides_to_dict(overrides))
+    return build_dataclass(cls, values)

@@ -1,0 +1,111 @@
+"""KnnConfig, its checks, and the measured rule behind backend='auto'.
+
+The 'auto' rule picks per feature space from shape alone (so the same input always resolves the same
+way): exact search up to AUTO_EXACT_MAX_N points, else the blocked IVF search, with a PCA pre-step for
+spaces wider than AUTO_PCA_ABOVE dimensions (the landmark space). The thresholds come from
+bench/bench_knn.py on 2 CPU cores (bench/results/knn.json; README "How fast").
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from pipeline.contract.errors import ConfigError, choices_message
+
+METRICS: tuple[str, ...] = ("euclidean", "cosine")
+AUTO = "auto"
+AUTO_EXACT_MAX_N = 20_000      # exact blocked search costs ~N^2 D: at 20K x 136-d about 1 s on 2 cores
+AUTO_PCA_ABOVE = 64            # wider spaces are searched in AUTO_PCA_DIM principal components, re-ranked
+AUTO_PCA_DIM = 32              # in the full space (136-d landmarks -> 32-d: see bench/results/knn.json)
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """How to build one K-nearest-neighbour graph.
+
+    Backend knobs only apply to their backend; `backend_params()` lists the ones in effect.
+    `threads` None leaves each library's own default (all cores); results do not depend on it.
+    """
+
+    k: int = 8
+    backend: str = AUTO                   # auto | blocked-ivf | exact | pynndescent | faiss
+    metric: str = "euclidean"
+    seed: int = 0
+    threads: int | None = None
+    # PCA pre-step for approximate backends: search in `pca_dim` components for `pca_width`
+    # candidates per row, re-ranked by exact distance in the full space. None: no PCA.
+    pca_dim: int | None = None
+    pca_width: int = 32
+    pca_sample: int = 50_000              # rows (seeded) the principal axes are fitted on
+    # IVF (blocked-ivf and faiss ivf): k-means cells and how many nearest cells each query probes
+    ivf_nlist: int | None = None          # None: round(4 * sqrt(N)) (2191 at 300K), at most N // 39
+    ivf_nprobe: int | str = "auto"        # 'auto': smallest ladder step reaching target_recall on a sample
+    target_recall: float = 0.995          # recall@K that nprobe='auto' aims for, on a seeded query sample
+    tune_queries: int = 1000              # queries of that sample (drawn with seed + 1)
+    ivf_kmeans_iters: int = 8             # k-means iterations of the coarse quantiser
+    ivf_train_per_list: int = 32          # k-means trains on at most this many points per cell
+    # pynndescent: n_neighbors of the NN-descent heap (>= k + 1); more gives higher recall, slower.
+    nnd_neighbors: int = 20
+    nnd_iters: int | None = None          # None: pynndescent's default max(5, round(log2 N))
+    nnd_trees: int | None = None          # None: pynndescent's default
+    nnd_cache: bool = True                # keep numba's compiled code under $FER_CACHE/numba
+    # faiss
+    faiss_index: str = "ivf"              # ivf | hnsw | flat (flat = exact, mainly for the GPU)
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    use_gpu: str = "auto"                 # auto | yes | no (faiss and the torch searches)
+
+
+def backend_names() -> tuple[str, ...]:
+    from pipeline.knn.backends import BACKENDS
+
+    return (AUTO, *BACKENDS.names())
+
+
+def check_config(config: KnnConfig, n: int | None = None) -> None:
+    """Fail early, with one message, on an unknown backend/metric/index or a K that cannot work."""
+    from pipeline.knn.backends import BACKENDS
+
+    if config.backend != AUTO:
+        if config.backend not in BACKENDS:
+            raise ConfigError(choices_message("KNN backend", config.backend, backend_names()))
+        BACKENDS.get(config.backend).check(config)
+    if config.metric not in METRICS:
+        raise ConfigError(choices_message("KNN metric", config.metric, METRICS))
+    if config.use_gpu not in ("auto", "yes", "no"):
+        raise ConfigError(choices_message("use_gpu setting", config.use_gpu, ("auto", "yes", "no")))
+    if config.ivf_nprobe != "auto" and not (isinstance(config.ivf_nprobe, int) and config.ivf_nprobe >= 1):
+        raise ConfigError(f"ivf_nprobe must be a positive integer or 'auto', got {config.ivf_nprobe!r}")
+    if config.pca_dim is not None and not (isinstance(config.pca_dim, int) and config.pca_dim >= 1):
+        raise ConfigError(f"pca_dim must be a positive integer or None, got {config.pca_dim!r}")
+    if config.k < 1:
+        raise ConfigError(f"K must be at least 1, got K={config.k}")
+    if config.pca_width < config.k:
+        raise ConfigError(f"pca_width={config.pca_width} must be at least K={config.k}")
+    if n is not None and config.k >= n:
+        raise ConfigError(f"K={config.k} neighbours need at least K+1={config.k + 1} points; "
+                          f"got N={n}: lower K or add samples")
+
+
+def resolve(config: KnnConfig, n: int, dim: int) -> KnnConfig:
+    """backend='auto' -> a concrete backend for [n, dim] features (shape only: deterministic)."""
+    if config.backend != AUTO:
+        return config
+    if n <= AUTO_EXACT_MAX_N:
+        return replace(config, backend="exact")
+    pca = config.pca_dim if config.pca_dim is not None else (AUTO_PCA_DIM if dim > AUTO_PCA_ABOVE else None)
+    return replace(config, backend="blocked-ivf", pca_dim=pca)
+
+
+def backend_params(config: KnnConfig) -> dict:
+    """The configuration fields that matter to the chosen backend (for metadata and fingerprints)."""
+    from pipeline.knn.backends import BACKENDS
+
+    every = asdict(config)
+    common = {key: every[key] for key in ("k", "backend", "metric", "seed")}
+    if config.backend == AUTO:
+        return {**common, **{key: every[key] for key in every if key not in common and key != "threads"}}
+    fields = BACKENDS.get(config.backend).config_fields
+    if config.pca_dim is not None and BACKENDS.get(config.backend).margin:
+        fields = (*fields, "pca_dim", "pca_width", "pca_sample")
+    return {**common, **{key: every[key] for key in fields}}
