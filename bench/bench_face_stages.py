@@ -9,14 +9,16 @@ Sections of the output (printed as tables, saved to bench/results/bench_face_sta
 - stages: faces (given boxes | dlib HOG) + dlib landmarks + AU estimates, run serially shard by shard:
   images/s of decode, align (+ detection), landmarks and AUs alone, and each one's share of the time;
 - mappers: the same chain per shard over 1 worker, 2 threads and 2 forked processes;
-- sharing: faces+landmarks over 2 threads with dlib models shared unsafely (what main did), behind one
-  lock, and pooled (one per concurrent caller, the kept default), and whether boxes change;
+- gil: whether dlib's HOG, its shape predictor and JPEG decoding release the GIL (pipeline.models.sharing);
+- sharing: faces+landmarks over 2 threads with dlib models shared unsafely (what main did), every model
+  behind one lock, every model pooled, and the kept default (HOG pooled, predictor locked), and whether
+  boxes change;
 - reduced decode: full vs DCT-reduced JPEG decoding of the same images (the 500 px set forced to 1/2,
   and the same faces as 1000 px JPEGs under the stage's own rule): decode CPU time and the change in crops
   (mean abs grey levels), dlib landmarks (px in the 256 crop) and AU estimates (0-5 scale);
 - hrnet: HRNetV2-W18 fp32 on CPU with random weights (same cost as a checkpoint), CUDA bf16 when present.
 
-    .venv/bin/python bench/bench_face_stages.py            # ~3 min on 2 shared cores
+    .venv/bin/python bench/bench_face_stages.py            # ~4 min on 2 free cores, much longer under load
     .venv/bin/python bench/bench_face_stages.py --quick    # a smoke run
 """
 from __future__ import annotations
@@ -216,9 +218,8 @@ def sharing_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig, 
     shards = [table.slice(s, 10) for s in range(0, table.num_rows, 10)]
     reference = np.concatenate([_faces_landmarks(s, root, align_config) for s in shards])
     out = {}
-    for name in ("unsafe-shared (main before)", "lock", "pool"):
-        mode = "lock" if name == "lock" else "pool"
-        sharing.set_mode(mode)
+    for name in ("unsafe-shared (main before)", "lock", "pool", "default"):
+        sharing.set_mode("pool" if name.startswith("unsafe") else name)
         guard = _unsafe_shared_models() if name.startswith("unsafe") else contextlib.nullcontext()
         rates, cpu_rates, changed = [], [], 0
         with guard, ThreadPoolExecutor(2) as executor:
@@ -231,7 +232,40 @@ def sharing_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig, 
                 changed = max(changed, int((~np.isclose(boxes, reference, equal_nan=True)).any(axis=1).sum()))
         out[name] = {"images_per_s": round(_median(rates), 1), "images_per_cpu_s": round(_median(cpu_rates), 1),
                      "boxes_changed_vs_serial": changed}
-    sharing.set_mode("pool")
+    sharing.set_mode("default")
+    return out
+
+
+def gil_release(root: Path, relpath: str) -> dict:
+    """Does a call release the GIL? A worker thread runs it while the main thread wakes every 0.5 ms: the
+    longest wait of the main thread stays near scheduling noise when the call releases the GIL, and grows
+    to whole calls when it holds it (pure-Python sorting shown as the holding reference)."""
+    import threading
+
+    image = images.read_rgb(root / relpath)
+    big = np.ascontiguousarray(np.tile(image, (2, 2, 1)))                    # one long call
+    rect = dlib_models.rectangle(np.array([100, 100, 300, 300]))
+    calls = {"dlib HOG (one call)": lambda: dlib_models.hog_detect(big, 1),
+             "dlib shape predictor (300 calls)": lambda: [dlib_models.predict_68(big, rect) for _ in range(300)],
+             "JPEG decode (40 calls)": lambda: [images.read_rgb(root / relpath) for _ in range(40)],
+             "python sort (holds the GIL)": lambda: sorted(range(3_000_000, 0, -1))}
+    dlib_models.HOG_DETECTORS.warm()
+    dlib_models.SHAPE_PREDICTORS.warm()
+    out = {}
+    for name, work in calls.items():
+        done, gaps = threading.Event(), []
+        thread = threading.Thread(target=lambda w=work, d=done: (w(), d.set()))
+        start = last = time.perf_counter()
+        thread.start()
+        while not done.is_set():
+            time.sleep(0.0005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        thread.join()
+        out[name] = {"seconds": round(time.perf_counter() - start, 2),
+                     "main_thread_longest_wait_ms": round(1000 * max(gaps), 1),
+                     "main_thread_median_wait_ms": round(1000 * float(np.median(gaps)), 2)}
     return out
 
 
@@ -328,8 +362,8 @@ def _print_table(title: str, rows: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300, help="images on the given-box path")
-    parser.add_argument("--hog-n", type=int, default=60, help="images on the HOG path")
+    parser.add_argument("--n", type=int, default=200, help="images on the given-box path")
+    parser.add_argument("--hog-n", type=int, default=30, help="images on the HOG path")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="n 60, hog-n 20, repeat 1")
     args = parser.parse_args()
@@ -350,6 +384,7 @@ def main() -> None:
         "mappers_given_boxes": mapper_rates(root, given_table, given, args.repeat),
         "mappers_dlib_hog": mapper_rates(root, hog_table, hog, args.repeat),
         "mappers_dlib_hog_upsample0": mapper_rates(root, hog_table, faces.AlignConfig(upsample=0), args.repeat),
+        "gil": gil_release(root, given_table.column("relpath")[0].as_py()),
         "sharing_dlib_hog_2_threads": sharing_rates(root, hog_table, hog, args.repeat),
         "sharing_given_boxes_2_threads": sharing_rates(root, given_table, given, args.repeat),
         "reduced_decode_500px_forced_2": reduced_decode(root, table.slice(0, min(100, args.n)), 2),

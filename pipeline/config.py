@@ -38,6 +38,7 @@ class PrepareConfig:
     action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
     graphs: dict = field(default_factory=dict)        # pipeline.stages.graphs.GraphConfig fields + spaces
     noise: dict = field(default_factory=dict)         # pipeline.stages.noise config fields (variants, ...)
+    pseudo_va: dict = field(default_factory=dict)     # pipeline.stages.pseudo_va.PseudoVAConfig fields (checkpoint)
     report: bool = True
     seed: int = 0
     lock_wait_s: float = 0.0                # wait this long for another prepare of the dataset; 0: refuse at once
@@ -71,6 +72,7 @@ class StageConfigs:
     spaces: tuple[str, ...]
     noise: tuple[str, ...]      # noisy-label variant names
     source: dict = field(default_factory=dict)   # adapter options, coerced to their types
+    pseudo_va: object = None    # pipeline.stages.pseudo_va.PseudoVAConfig (runs when its checkpoint is set)
 
 
 def _graph_config(fields: dict):
@@ -138,7 +140,10 @@ def resolve_stage_configs(config: PrepareConfig) -> StageConfigs:
     graphs, spaces = _graph_config(dict(config.graphs))
     noise = _noise_variants(dict(config.noise))
     source = _source_options(spec, dict(config.source))
-    return StageConfigs(spec, align, landmarks, action_units, graphs, spaces, noise, source)
+    from pipeline.stages.pseudo_va import PseudoVAConfig
+
+    pseudo_va = build_dataclass(PseudoVAConfig, config.pseudo_va, "pseudo_va")
+    return StageConfigs(spec, align, landmarks, action_units, graphs, spaces, noise, source, pseudo_va)
 
 
 def check_dataset_root(config: PrepareConfig, stages: StageConfigs) -> None:
@@ -150,8 +155,10 @@ def check_dataset_root(config: PrepareConfig, stages: StageConfigs) -> None:
 
 def check_backends(stages: StageConfigs) -> None:
     """Every per-image stage's `check_backend`: a missing checkpoint or binary fails before any image is read."""
-    from pipeline.stages import action_units, faces, landmarks
+    from pipeline.stages import action_units, faces, landmarks, pseudo_va
 
     faces.check_backend(stages.align)
     landmarks.check_backend(stages.landmarks)
     action_units.check_backend(stages.action_units)
+    if stages.pseudo_va is not None:
+        pseudo_va.check_backend(stages.pseudo_va)

@@ -184,18 +184,41 @@ def clip_box(box_xywh: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.array([left, top, right - left, bottom - top])
 
 
-def crop_coverage(transform: np.ndarray, width: int, height: int, size: int, grid: int = 16) -> float:
+def crop_coverage(transform: np.ndarray, width: int, height: int, size: int) -> float:
     """Share of a size x size crop whose source lies inside the width x height image (1 - padding share).
 
-    Measured on a grid x grid lattice of crop pixel centres mapped back through the transform.
+    Exact: the crop square mapped back through the transform is clipped against the image rectangle
+    (Sutherland-Hodgman), and the areas compared (pixel-index coordinates: pixels span i - 0.5 .. i + 0.5).
     """
-    ticks = (np.arange(grid) + 0.5) * (size / grid) - 0.5                    # [G]
-    xs, ys = np.meshgrid(ticks, ticks)
-    lattice = np.stack([xs.ravel(), ys.ravel()], axis=1)                      # [G*G, 2] crop pixels
-    source = map_points(lattice, invert_transform(transform)).astype(np.float64)   # [G*G, 2]
-    inside = ((source[:, 0] >= -0.5) & (source[:, 0] < width - 0.5)
-              & (source[:, 1] >= -0.5) & (source[:, 1] < height - 0.5))
-    return float(inside.mean())
+    back = invert_transform(transform)                                        # [2, 3] crop -> image
+    edge = size - 0.5
+    polygon = [tuple(back @ (x, y, 1.0)) for x, y in ((-0.5, -0.5), (edge, -0.5), (edge, edge), (-0.5, edge))]
+    whole = _area(polygon)
+    for axis, limit, keep_below in ((0, -0.5, False), (0, width - 0.5, True), (1, -0.5, False), (1, height - 0.5, True)):
+        polygon = _clip(polygon, axis, limit, keep_below)
+        if not polygon:
+            return 0.0
+    return float(_area(polygon) / whole) if whole > 0 else 0.0
+
+
+def _clip(polygon: list[tuple[float, float]], axis: int, limit: float,
+          keep_below: bool) -> list[tuple[float, float]]:
+    """The part of a convex polygon on one side of the line coordinate[axis] == limit."""
+    inside = (lambda p: p[axis] <= limit) if keep_below else (lambda p: p[axis] >= limit)
+    out = []
+    for i, current in enumerate(polygon):
+        previous = polygon[i - 1]
+        if inside(current) != inside(previous):
+            t = (limit - previous[axis]) / (current[axis] - previous[axis])
+            out.append((previous[0] + t * (current[0] - previous[0]), previous[1] + t * (current[1] - previous[1])))
+        if inside(current):
+            out.append(current)
+    return out
+
+
+def _area(polygon: list[tuple[float, float]]) -> float:
+    """Shoelace area of a simple polygon."""
+    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(polygon, polygon[1:] + polygon[:1])))
 
 
 def template_box(size: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The whole prepare in plain Python: sources -> faces -> landmarks -> action units -> graphs -> noise
--> report -> manifest and lock. No orchestrator is imported here.
+"""The whole prepare in plain Python: sources -> faces -> landmarks -> action units [-> pseudo valence-arousal]
+-> graphs -> noise -> report -> manifest and lock. No orchestrator is imported here.
 
 How shards run is injected: a `ShardMapper` maps one stage's shard function over its shards. The default
 runs them one after another, `ThreadMapper(n)` on n threads; `flows/prepare.py` adds a Prefect-task
@@ -122,6 +122,12 @@ def write_noise(version_dir: Path, variants: tuple[str, ...], num_classes: int) 
     return sorted(write_variant_set(version_dir / LABELS_DIR, samples, list(variants), num_classes))
 
 
+def write_pseudo_va(version_dir: Path, config) -> dict:
+    from pipeline.stages.pseudo_va import apply_pseudo_va, checkpoint_hash
+
+    return apply_pseudo_va(version_dir, config, checkpoint_hash(config))
+
+
 def write_report(version_dir: Path, summary: dict) -> str:
     from pipeline.report.build import build_report
 
@@ -214,6 +220,10 @@ def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, p
     start = time.perf_counter()
     counts = _per_image_stages(config, stages, plan, source, mapper, progress)
     timings["per_image"] = time.perf_counter() - start
+    if stages.pseudo_va is not None and stages.pseudo_va.enabled:   # before the graphs: it writes the va space
+        start = time.perf_counter()
+        counts["pseudo_va"] = mapper.call("pseudo_va", partial(write_pseudo_va, out, stages.pseudo_va))
+        timings["pseudo_va"] = time.perf_counter() - start
     start = time.perf_counter()
     counts.update(_global_stages(stages, out, mapper))
     timings["global"] = time.perf_counter() - start

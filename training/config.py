@@ -22,7 +22,7 @@ CONFIG_VERSION = "1"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("linear", "cosine", "constant")
+SCHEDULES = ("linear", "cosine", "constant", "step")
 SAMPLERS = ("shuffle", "balanced", "groups")
 
 
@@ -39,9 +39,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "linear"            # linear (decay to min_lr_ratio) | cosine (with warmup) | constant
+    name: str = "linear"            # linear (decay to min_lr_ratio) | cosine (with warmup) | constant | step
     warmup_epochs: float = 0.0      # linear warm-up from 0, in (fractional) epochs
     min_lr_ratio: float = 0.0       # final lr / base lr
+    milestones: tuple = ()          # step only: epochs at which the lr is multiplied by `gamma`
+    gamma: float = 0.1              # step only
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet18"      # resnet18 | resnet50 | tiny
+    backbone: str = "resnet18"      # resnet18 | resnet50 | resnet_small | resnet_small_w32 | tiny
     weights: str | None = None      # initial backbone weights (e.g. an MS-Celeb-1M checkpoint)
 
 

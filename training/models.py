@@ -19,8 +19,9 @@ from pipeline.contract.errors import ConfigError, choices_message
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("resnet18", "resnet50", "resnet_small", "tiny")
-SMALL_RESNET_WIDTH = 32        # resnet_small: channels of the first stage (then x2, x4, x8)
+# Small CIFAR-style ResNets (SmallResNet): name -> width of the first stage (then x2, x4, x8).
+SMALL_RESNETS = {"resnet_small": 16, "resnet_small_w32": 32}
+BACKBONES = ("resnet18", "resnet50", *SMALL_RESNETS, "tiny")
 # Wrapper prefixes stripped (repeatedly) from checkpoint keys: DataParallel/DDP, common model wrappers.
 STRIP_PREFIXES = ("module.", "backbone.", "features.", "encoder.", "model.", "base.", "net.", "_orig_mod.")
 # Keys of classifier heads that are not part of a feature backbone.
@@ -66,12 +67,13 @@ class SmallResNet(nn.Module):
     """A CIFAR-style ResNet for 32-112 px inputs on a CPU: [B, 3, H, W] -> [B, 8 * width].
 
     3x3 stem without max-pool (small inputs keep their resolution), four stages of torchvision
-    BasicBlocks at widths (w, 2w, 4w, 8w) with strides (1, 2, 2, 2), global average pooling. With
-    width 32 and one block per stage it has 1.2M parameters: enough capacity to memorise a few
-    thousand noisy labels, the regime where label-noise methods have something to correct.
+    BasicBlocks at widths (w, 2w, 4w, 8w) with strides (1, 2, 2, 2), global average pooling. One block
+    per stage is enough capacity to memorise a few thousand noisy labels, the regime where label-noise
+    methods have something to correct (`resnet_small`: width 16, 0.3M parameters; `resnet_small_w32`:
+    width 32, 1.2M).
     """
 
-    def __init__(self, width: int = SMALL_RESNET_WIDTH, blocks: tuple[int, ...] = (1, 1, 1, 1)):
+    def __init__(self, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1, 1)):
         super().__init__()
         from torchvision.models.resnet import BasicBlock
 
@@ -169,8 +171,8 @@ def build_backbone(name: str, weights_path: str | Path | None = None) -> tuple[n
     if name == "tiny":
         module: nn.Module = TinyBackbone()
         dim = module.out_dim
-    elif name == "resnet_small":
-        module = SmallResNet()
+    elif name in SMALL_RESNETS:
+        module = SmallResNet(SMALL_RESNETS[name])
         dim = module.out_dim
     elif name in ("resnet18", "resnet50"):
         module, dim = _resnet(name)

@@ -24,12 +24,18 @@ def build_optimizer(method, config: TrainConfig, device: torch.device) -> torch.
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
 
 
-def lr_factor(step: int, total: int, warmup: int, name: str, min_ratio: float) -> float:
-    """Multiplier of the base lr at `step`: linear warm-up, then linear decay / cosine / constant."""
+def lr_factor(step: int, total: int, warmup: int, name: str, min_ratio: float,
+              milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
+    """Multiplier of the base lr at `step`: linear warm-up, then linear decay / cosine / constant / step.
+
+    step: x gamma once for every milestone (in optimiser steps) already reached.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if name == "constant":
         return 1.0
+    if name == "step":
+        return gamma ** sum(step >= m for m in milestones)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if name == "linear":
         return 1.0 - (1.0 - min_ratio) * progress
@@ -39,5 +45,6 @@ def lr_factor(step: int, total: int, warmup: int, name: str, min_ratio: float) -
 def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, total: int):
     warmup = round(config.schedule.warmup_epochs * steps_per_epoch)
     s = config.schedule
+    milestones = tuple(round(float(m) * steps_per_epoch) for m in s.milestones)  # epochs -> optimiser steps
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, s.name, s.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, total, warmup, s.name, s.min_lr_ratio, milestones, s.gamma))

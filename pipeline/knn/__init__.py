@@ -7,7 +7,7 @@ Backends, one registered class each (`pipeline.knn.backends.BACKENDS`, chosen by
                union of the cells they probe; nprobe tuned to a target recall on a seeded sample
   faiss        IVF-Flat (nprobe tuned the same way) or HNSW on CPU; with CUDA and faiss-gpu, on the GPU
   pynndescent  NN-descent on CPU (numba; compiled code cached under $FER_CACHE/numba where numba can)
-  auto         (default) exact up to 20K points, else blocked-ivf, with PCA to 32-d above 64-d
+  auto         (default) exact up to 20K points, else blocked-ivf (pca_dim: optional PCA pre-step)
 
 See pipeline.knn.core for the result contract every backend satisfies.
 """

@@ -17,6 +17,9 @@ Adding a backend is one decorated class:
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -75,3 +78,25 @@ def torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def workers(threads: int | None) -> int:
+    """Worker threads for a search: `threads`, or every core."""
+    return max(1, threads or os.cpu_count() or 1)
+
+
+def run_parallel(tasks: Iterable[Callable[[], None]], threads: int | None) -> None:
+    """Run independent tasks (each writes its own rows) on `threads` worker threads, torch at 1 thread each.
+
+    The tasks release the GIL inside torch and the compiled kernels; results never depend on how
+    many threads ran them.
+    """
+    count = workers(threads)
+    with torch_threads(1):
+        if count == 1:
+            for task in tasks:
+                task()
+            return
+        with ThreadPoolExecutor(count) as pool:
+            for future in [pool.submit(task) for task in tasks]:
+                future.result()

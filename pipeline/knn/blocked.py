@@ -19,18 +19,21 @@ import logging
 
 import numpy as np
 
-from pipeline.knn.backends import KnnBackend, register_backend, torch_device, torch_threads
+from pipeline.knn.backends import KnnBackend, register_backend, run_parallel, torch_device
 from pipeline.knn.exact import exact_knn
+from pipeline.knn.kernels import smallest_per_row
 
 log = logging.getLogger(__name__)
 
-NPROBE_LADDER: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
+NPROBE_LADDER: tuple[int, ...] = (1, 2, 3, 4, 6, 8)    # extended by EXTRA_LADDER when it falls short
+EXTRA_LADDER: tuple[int, ...] = (12, 16, 24, 32, 48, 64)
+CELLS_PER_SQRT_N = 2.0      # blocked-ivf default nlist = 2 sqrt(N): bench/results/knn.json
 _CHUNK = 16_384             # rows per block when assigning points to cells
 
 
-def ivf_nlist(n: int, nlist: int | None) -> int:
-    """Cells for N points: `nlist`, or round(4 sqrt(N)); at most N // 39 (faiss's floor per cell)."""
-    wanted = nlist or int(round(4 * np.sqrt(n)))
+def ivf_nlist(n: int, nlist: int | None, per_sqrt_n: float = 4.0) -> int:
+    """Cells for N points: `nlist`, or round(per_sqrt_n * sqrt(N)); at most N // 39 (faiss's floor per cell)."""
+    wanted = nlist or int(round(per_sqrt_n * np.sqrt(n)))
     return int(np.clip(wanted, 1, max(1, n // 39)))
 
 
@@ -45,19 +48,24 @@ class BlockedIvfBackend(KnnBackend):
         config = self.config
         device = torch_device(config.use_gpu)
         n = x.shape[0]
-        nlist = ivf_nlist(n, config.ivf_nlist)
-        with torch_threads(config.threads):
-            centroids = kmeans(x, nlist, config.ivf_kmeans_iters, config.ivf_train_per_list, config.seed,
-                               device)                                               # [C, D]
-            if config.ivf_nprobe == "auto":
-                ladder = [p for p in NPROBE_LADDER if p < nlist] + [min(nlist, NPROBE_LADDER[-1])]
-                probes = nearest_cells(x, centroids, max(ladder), device)            # [N, P]
-                nprobe, history = tune_nprobe(x, probes, sorted(set(ladder)), config.k,
-                                              config.target_recall, config.tune_queries, config.seed + 1)
-            else:
-                nprobe, history = min(int(config.ivf_nprobe), nlist), []
-                probes = nearest_cells(x, centroids, nprobe, device)
-            distances, indices = cell_search(x, probes[:, :nprobe], nlist, width, device)
+        nlist = ivf_nlist(n, config.ivf_nlist, CELLS_PER_SQRT_N)
+        threads = config.threads
+        centroids = kmeans(x, nlist, config.ivf_kmeans_iters, config.ivf_train_per_list, config.seed,
+                           device, threads)                                              # [C, D]
+        if config.ivf_nprobe == "auto":
+            history: list = []
+            sample = tune_sample(x, config.k, config.tune_queries, config.seed + 1, threads)
+            for ladder in (NPROBE_LADDER, EXTRA_LADDER):
+                ladder = sorted({p for p in ladder if p < nlist} | {min(nlist, ladder[-1])})
+                probes = nearest_cells(x, centroids, ladder[-1], device, threads)        # [N, P]
+                nprobe, steps = tune_nprobe(probes, *sample, ladder, config.target_recall)
+                history += steps
+                if steps[-1][1] >= config.target_recall or ladder[-1] >= nlist:
+                    break
+        else:
+            nprobe, history = min(int(config.ivf_nprobe), nlist), []
+            probes = nearest_cells(x, centroids, nprobe, device, threads)
+        distances, indices = cell_search(x, probes[:, :nprobe], nlist, width, device, threads)
         sizes = np.bincount(probes[:, 0], minlength=nlist)
         self.params = {"nlist": nlist, "nprobe": nprobe, "nprobe_tuning": history, "device": device,
                        "kmeans_iters": config.ivf_kmeans_iters, "train_per_list": config.ivf_train_per_list,
@@ -65,7 +73,8 @@ class BlockedIvfBackend(KnnBackend):
         return distances, indices
 
 
-def kmeans(x: np.ndarray, nlist: int, iters: int, per_list: int, seed: int, device: str = "cpu") -> np.ndarray:
+def kmeans(x: np.ndarray, nlist: int, iters: int, per_list: int, seed: int, device: str = "cpu",
+           threads: int | None = None) -> np.ndarray:
     """Lloyd's k-means on a seeded sample of at most nlist * per_list rows -> centroids [C, D] float32.
 
     Initial centroids are seeded distinct sample rows; an empty cell keeps its previous centroid.
@@ -77,7 +86,7 @@ def kmeans(x: np.ndarray, nlist: int, iters: int, per_list: int, seed: int, devi
     centroids = train[np.sort(rng.choice(len(train), size=nlist, replace=False))].copy()  # [C, D]
     train64 = train.astype(np.float64)
     for _ in range(iters):
-        assign = nearest_cells(train, centroids, 1, device)[:, 0]                    # [T]
+        assign = nearest_cells(train, centroids, 1, device, threads)[:, 0]                    # [T]
         order = np.argsort(assign, kind="stable")
         counts = np.bincount(assign, minlength=nlist)                                # [C]
         filled = np.flatnonzero(counts)
@@ -87,33 +96,43 @@ def kmeans(x: np.ndarray, nlist: int, iters: int, per_list: int, seed: int, devi
     return centroids
 
 
-def nearest_cells(x: np.ndarray, centroids: np.ndarray, p: int, device: str = "cpu") -> np.ndarray:
+def nearest_cells(x: np.ndarray, centroids: np.ndarray, p: int, device: str = "cpu",
+                  threads: int | None = None) -> np.ndarray:
     """The `p` nearest centroids of every row, nearest first -> [N, p] int64 (ties: lower cell)."""
     import torch
 
-    cent = torch.from_numpy(np.ascontiguousarray(centroids)).to(device)             # [C, D]
+    if device != "cpu":
+        return _nearest_cells_torch(x, centroids, p, device)
+    cent = torch.from_numpy(np.ascontiguousarray(centroids))                          # [C, D]
     csq = (cent * cent).sum(dim=1)                                                   # [C]
     out = np.empty((x.shape[0], p), dtype=np.int64)
-    for start in range(0, x.shape[0], _CHUNK):
-        block = torch.from_numpy(x[start:start + _CHUNK]).to(device)                # [B, D]
+
+    def run(start: int) -> None:
+        block = torch.from_numpy(x[start:start + _CHUNK])                             # [B, D]
         scores = torch.addmm(csq[None, :], block, cent.T, alpha=-2.0)                # [B, C]
         if p == 1:
-            best = scores.argmin(dim=1, keepdim=True)                                # [B, 1]
+            out[start:start + len(block), 0] = scores.argmin(dim=1).numpy()
         else:
-            best = _stable_topk(scores, p)                                           # [B, p]
-        out[start:start + len(block)] = best.cpu().numpy()
+            out[start:start + len(block)] = smallest_per_row(scores.numpy(), p)[0]
+
+    run_parallel([lambda s=s: run(s) for s in range(0, x.shape[0], _CHUNK)], threads)
     return out
 
 
-def _stable_topk(scores, p: int):
-    """Indices of the p smallest scores per row, by (score, index)."""
+def _nearest_cells_torch(x: np.ndarray, centroids: np.ndarray, p: int, device: str) -> np.ndarray:
     import torch
 
-    values, index = torch.topk(scores, p, dim=1, largest=False, sorted=True)         # [B, p]
-    # topk's order among equal values is unspecified: sort equal runs by index.
-    index, by_index = index.sort(dim=1)
-    order = values.gather(1, by_index).argsort(dim=1, stable=True)
-    return index.gather(1, order)
+    cent = torch.from_numpy(np.ascontiguousarray(centroids)).to(device)
+    csq = (cent * cent).sum(dim=1)
+    out = np.empty((x.shape[0], p), dtype=np.int64)
+    for start in range(0, x.shape[0], 16 * _CHUNK):
+        block = torch.from_numpy(x[start:start + 16 * _CHUNK]).to(device)
+        scores = torch.addmm(csq[None, :], block, cent.T, alpha=-2.0)                # [B, C]
+        values, index = torch.topk(scores, p, dim=1, largest=False, sorted=True)
+        index, by_index = index.sort(dim=1)                                          # ties: lower cell
+        order = values.gather(1, by_index).argsort(dim=1, stable=True)
+        out[start:start + len(block)] = index.gather(1, order).cpu().numpy()
+    return out
 
 
 def cell_layout(home: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,8 +149,8 @@ def probed_union(probes: np.ndarray, members: np.ndarray, home_cell: int) -> np.
     return np.concatenate([[home_cell], cells[cells != home_cell]])
 
 
-def cell_search(x: np.ndarray, probes: np.ndarray, nlist: int, width: int,
-                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def cell_search(x: np.ndarray, probes: np.ndarray, nlist: int, width: int, device: str = "cpu",
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each cell's queries against the union of their probed cells -> (D [N, width], I [N, width]).
 
     D holds squared euclidean distances (float32, from the products), I row positions (-1 when a
@@ -141,27 +160,50 @@ def cell_search(x: np.ndarray, probes: np.ndarray, nlist: int, width: int,
 
     n = x.shape[0]
     order, starts, counts = cell_layout(probes[:, 0], nlist)
-    data = torch.from_numpy(x).to(device)
-    centred = data - data.double().mean(dim=0).float()                               # [N, D]
-    by_cell = centred[torch.from_numpy(order).to(device)]                            # [N, D] grouped
+    centred = x - x.astype(np.float64).mean(axis=0).astype(np.float32)               # [N, D]
+    by_cell = torch.from_numpy(np.ascontiguousarray(centred[order])).to(device)      # [N, D] grouped
     sq = (by_cell * by_cell).sum(dim=1)                                              # [N]
-    order_t = torch.from_numpy(order).to(device)
     out_i = np.full((n, width), -1, dtype=np.int64)
     out_d = np.full((n, width), np.inf, dtype=np.float32)
-    for cell in np.flatnonzero(counts):
+
+    def run(cell: int) -> None:
         m = int(counts[cell])
         members = order[starts[cell]:starts[cell] + m]
-        cells = probed_union(probes, members, cell)
-        positions = _positions(cells, starts, counts)                                # [M] grouped rows
+        positions = _positions(probed_union(probes, members, cell), starts, counts)  # [M] grouped rows
         pos_t = torch.from_numpy(positions).to(device)
         queries = by_cell[starts[cell]:starts[cell] + m]                             # [m, D]
         scores = torch.addmm(sq[pos_t][None, :], queries, by_cell[pos_t].T, alpha=-2.0)  # [m, M]
-        scores[torch.arange(m, device=device), torch.arange(m, device=device)] = float("inf")  # self
-        take = min(width, len(positions) - 1)
-        values, best = torch.topk(scores, take, dim=1, largest=False, sorted=True)   # [m, take]
-        out_i[members, :take] = order_t[pos_t[best]].cpu().numpy()
-        out_d[members, :take] = (values + sq[starts[cell]:starts[cell] + m, None]).cpu().numpy()
+        diagonal = torch.arange(m, device=device)
+        scores[diagonal, diagonal] = float("inf")                                    # self
+        columns, values = _smallest(scores, width)                                   # [m, width]
+        found = columns >= 0
+        out_i[members] = np.where(found, order[positions[np.maximum(columns, 0)]], -1)
+        out_d[members] = values + sq[starts[cell]:starts[cell] + m, None].cpu().numpy()
+
+    if device == "cpu":
+        run_parallel([lambda c=c: run(c) for c in np.flatnonzero(counts)], threads)
+    else:
+        for cell in np.flatnonzero(counts):
+            run(cell)
     return out_d, out_i
+
+
+def _smallest(scores, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row `width` smallest of a torch score block -> numpy (columns, values), (value, column) order."""
+    import torch
+
+    if scores.device.type == "cpu":
+        return smallest_per_row(scores.numpy(), width)
+    take = min(width, scores.shape[1])
+    values, columns = torch.topk(scores, take, dim=1, largest=False, sorted=True)
+    columns, by_column = columns.sort(dim=1)
+    order = values.gather(1, by_column).argsort(dim=1, stable=True)
+    columns, values = columns.gather(1, order), values.gather(1, order)
+    out_c = np.full((scores.shape[0], width), -1, dtype=np.int64)
+    out_v = np.full((scores.shape[0], width), np.inf, dtype=np.float32)
+    out_c[:, :take], out_v[:, :take] = columns.cpu().numpy(), values.cpu().numpy()
+    out_c[~np.isfinite(out_v)] = -1
+    return out_c, out_v
 
 
 def _positions(cells: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -171,19 +213,24 @@ def _positions(cells: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.
     return np.arange(int(sizes.sum()), dtype=np.int64) + offsets
 
 
-def tune_nprobe(x: np.ndarray, probes: np.ndarray, ladder: list[int], k: int, target: float,
-                n_queries: int, seed: int) -> tuple[int, list]:
-    """Smallest ladder nprobe whose recall@K on a seeded query sample reaches `target`.
+def tune_sample(x: np.ndarray, k: int, n_queries: int, seed: int,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded query sample and its exact K nearest rows -> (rows [Q], neighbours [Q, K])."""
+    from pipeline.knn.recall import recall_sample
+
+    rows = recall_sample(x.shape[0], n_queries, seed)                                # [Q]
+    return rows, exact_knn(x, k, queries=rows, device="cpu", threads=threads)       # [Q, K]
+
+
+def tune_nprobe(probes: np.ndarray, rows: np.ndarray, exact: np.ndarray, ladder: list[int],
+                target: float) -> tuple[int, list]:
+    """Smallest ladder nprobe whose recall@K on the query sample `rows` reaches `target`.
 
     A sampled query finds an exact neighbour iff the neighbour's home cell is in the union of cells
     probed by the query's cell, so for each (query, neighbour) pair the smallest nprobe that finds it
     is the first probe rank at which any member of the query's cell lists the neighbour's cell.
     Returns (nprobe, [[nprobe, sample recall], ...]).
     """
-    from pipeline.knn.recall import recall_sample
-
-    rows = recall_sample(x.shape[0], n_queries, seed)                                # [Q]
-    exact = exact_knn(x, k, queries=rows)                                            # [Q, K]
     home = probes[:, 0]
     nlist = int(home.max()) + 1
     order, starts, counts = cell_layout(home, nlist)
@@ -202,5 +249,5 @@ def tune_nprobe(x: np.ndarray, probes: np.ndarray, ladder: list[int], k: int, ta
         history.append([nprobe, round(recall, 5)])
         if recall >= target:
             break
-    log.info("blocked IVF nprobe tuning (nprobe, sample recall@%d): %s", k, history)
+    log.info("blocked IVF nprobe tuning (nprobe, sample recall): %s", history)
     return history[-1][0], history

@@ -1,9 +1,10 @@
 """KnnConfig, its checks, and the measured rule behind backend='auto'.
 
-The 'auto' rule picks per feature space from shape alone (so the same input always resolves the same
-way): exact search up to AUTO_EXACT_MAX_N points, else the blocked IVF search, with a PCA pre-step for
-spaces wider than AUTO_PCA_ABOVE dimensions (the landmark space). The thresholds come from
-bench/bench_knn.py on 2 CPU cores (bench/results/knn.json; README "How fast").
+The 'auto' rule picks per feature space from its size alone (so the same input always resolves the same
+way): exact search up to AUTO_EXACT_MAX_N points, else the blocked IVF search in the full space, for
+the 35-d AU and the 136-d landmark space alike. PCA stays an option (pca_dim), not a default: on the
+benchmark's clustered 136-d data 32 components kept too little of the neighbour structure. The numbers
+behind the rule come from bench/bench_knn.py on 2 CPU cores (bench/results/knn.json; README "How fast").
 """
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ from pipeline.contract.errors import ConfigError, choices_message
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
 AUTO = "auto"
-AUTO_EXACT_MAX_N = 20_000      # exact blocked search costs ~N^2 D: at 20K x 136-d about 1 s on 2 cores
-AUTO_PCA_ABOVE = 64            # wider spaces are searched in AUTO_PCA_DIM principal components, re-ranked
-AUTO_PCA_DIM = 32              # in the full space (136-d landmarks -> 32-d: see bench/results/knn.json)
+AUTO_EXACT_MAX_N = 20_000      # exact blocked search costs ~N^2 D: at 20K x 136-d a few seconds on 2 cores
 
 
 @dataclass(frozen=True)
@@ -37,12 +36,12 @@ class KnnConfig:
     pca_width: int = 32
     pca_sample: int = 50_000              # rows (seeded) the principal axes are fitted on
     # IVF (blocked-ivf and faiss ivf): k-means cells and how many nearest cells each query probes
-    ivf_nlist: int | None = None          # None: round(4 * sqrt(N)) (2191 at 300K), at most N // 39
+    ivf_nlist: int | None = None          # None: blocked-ivf 2 sqrt(N) (1095 at 300K), faiss 4 sqrt(N)
     ivf_nprobe: int | str = "auto"        # 'auto': smallest ladder step reaching target_recall on a sample
     target_recall: float = 0.995          # recall@K that nprobe='auto' aims for, on a seeded query sample
     tune_queries: int = 1000              # queries of that sample (drawn with seed + 1)
-    ivf_kmeans_iters: int = 8             # k-means iterations of the coarse quantiser
-    ivf_train_per_list: int = 32          # k-means trains on at most this many points per cell
+    ivf_kmeans_iters: int = 6             # k-means iterations of the coarse quantiser
+    ivf_train_per_list: int = 16          # k-means trains on at most this many points per cell
     # pynndescent: n_neighbors of the NN-descent heap (>= k + 1); more gives higher recall, slower.
     nnd_neighbors: int = 20
     nnd_iters: int | None = None          # None: pynndescent's default max(5, round(log2 N))
@@ -91,10 +90,7 @@ def resolve(config: KnnConfig, n: int, dim: int) -> KnnConfig:
     """backend='auto' -> a concrete backend for [n, dim] features (shape only: deterministic)."""
     if config.backend != AUTO:
         return config
-    if n <= AUTO_EXACT_MAX_N:
-        return replace(config, backend="exact")
-    pca = config.pca_dim if config.pca_dim is not None else (AUTO_PCA_DIM if dim > AUTO_PCA_ABOVE else None)
-    return replace(config, backend="blocked-ivf", pca_dim=pca)
+    return replace(config, backend="exact" if n <= AUTO_EXACT_MAX_N else "blocked-ivf")
 
 
 def backend_params(config: KnnConfig) -> dict:

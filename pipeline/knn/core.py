@@ -84,8 +84,7 @@ def build_knn_graph(features: np.ndarray, config: KnnConfig = KnnConfig(),
             searched, extra = pca_project(x, config.pca_dim, config.pca_sample, config.seed, config.threads)
             width = min(max(config.pca_width, width), x.shape[0])
         _, candidates = backend.search(searched, width)                   # [N, width]
-        with torch_threads(config.threads):
-            indices, distances = best_k(x, candidates, config.k)
+        indices, distances = best_k(x, candidates, config.k, config.threads)
     if config.metric == "cosine":
         distances = (0.5 * distances.astype(np.float64) ** 2).astype(np.float32)
     seconds = time.perf_counter() - start
@@ -130,7 +129,8 @@ def sort_rows(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, n
             np.take_along_axis(distances, by_distance, axis=1))
 
 
-def best_k(x: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def best_k(x: np.ndarray, candidates: np.ndarray, k: int,
+           threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[N, M] backend candidates (may hold the row itself, -1 or repeats) -> the K best by (distance, index).
 
     Rows left with fewer than K distinct neighbours, and rows whose K-th distance ties the last
@@ -138,8 +138,7 @@ def best_k(x: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, n
     """
     n, width = candidates.shape
     candidates = np.where(candidates == np.arange(n)[:, None], -1, candidates.astype(np.int64))  # [N, M]
-    distances = row_distances(x, np.maximum(candidates, 0))                                 # [N, M]
-    distances[candidates < 0] = np.inf
+    distances = row_distances(x, candidates, threads=threads)                               # [N, M], -1: inf
     candidates, distances = sort_rows(candidates, distances)
     repeated = (candidates[:, 1:] == candidates[:, :-1]) & (candidates[:, 1:] >= 0)
     bad = (candidates[:, :k] < 0).any(axis=1) | repeated.any(axis=1)
@@ -149,6 +148,6 @@ def best_k(x: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, n
     if bad.any():
         rows = np.flatnonzero(bad)
         log.info("%d rows lacked K distinct neighbours or tied the last candidate; searched exactly", len(rows))
-        indices[rows] = exact_knn(x, k, queries=rows)
-        distances[rows] = row_distances(x, indices[rows], rows)
+        indices[rows] = exact_knn(x, k, queries=rows, device="cpu", threads=threads)
+        distances[rows] = row_distances(x, indices[rows], rows, threads=threads)
     return indices, distances

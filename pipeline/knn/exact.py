@@ -1,17 +1,21 @@
-"""Exact K-nearest-neighbour search in blocks (torch): the reference every graph's recall is measured against.
+"""Exact K-nearest-neighbour search in blocks: the reference every graph's recall is measured against.
 
 Blocks of float32 scores |x|^2 - 2 q.x (squared distance less |q|^2, on centred data) pick K + margin
-candidates with torch.topk; their distances are recomputed in float64 from differences and sorted
-by (distance, index). Rows whose K-th distance ties the last candidate are settled over all points.
+candidates; their distances are recomputed with float64 sums and sorted by (distance, index). Rows
+whose K-th distance ties the last candidate are settled over all points. On the CPU the blocks run
+on worker threads (torch products, compiled selection); on CUDA they run on the GPU with torch.topk.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.knn.backends import KnnBackend, register_backend, torch_device, torch_threads
+from pipeline.knn.backends import (KnnBackend, register_backend, run_parallel, torch_device, torch_threads,
+                                   workers)
+from pipeline.knn.kernels import pair_distances, smallest_per_row
 
 REFINE_MARGIN = 8           # extra float32 candidates re-ranked in float64
-BLOCK_ELEMENTS = 1 << 25    # distance-matrix elements per block (128 MiB float32)
+BLOCK_ELEMENTS = 1 << 23    # distance-matrix elements per block and thread on the CPU (32 MiB float32)
+GPU_BLOCK_ELEMENTS = 1 << 28
 
 
 @register_backend("exact")
@@ -23,84 +27,116 @@ class ExactBackend(KnnBackend):
 
     def search(self, x: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         device = torch_device(self.config.use_gpu)
-        with torch_threads(self.config.threads):
-            indices = exact_knn(x, width, device=device)                       # [N, width]
-        self.params = {"block_elements": BLOCK_ELEMENTS, "device": device}
+        indices = exact_knn(x, width, device=device, threads=self.config.threads)   # [N, width]
+        self.params = {"block_elements": BLOCK_ELEMENTS if device == "cpu" else GPU_BLOCK_ELEMENTS,
+                       "device": device}
         return row_distances(x, indices) ** 2, indices
 
 
-def exact_knn(x: np.ndarray, k: int, queries: np.ndarray | None = None,
-              exclude_self: bool = True, device: str = "auto") -> np.ndarray:
+def exact_knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, exclude_self: bool = True,
+              device: str = "auto", threads: int | None = None) -> np.ndarray:
     """Exact K nearest rows of `x` [N, D] for each query row position ([Q], default all) -> [Q, K] int64.
 
     Self is excluded by position when `exclude_self`. `device` 'auto' runs on CUDA when torch sees a
-    GPU, else on the CPU.
+    GPU, else on the CPU (with `threads` workers, default every core).
     """
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = np.arange(x.shape[0]) if queries is None else np.asarray(queries, dtype=np.int64)
+    if device != "cpu":
+        return _exact_knn_torch(x, k, rows, exclude_self, device)
     n = x.shape[0]
-    rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     take = min(k + REFINE_MARGIN, n - (1 if exclude_self else 0))
-    data = torch.from_numpy(x).to(device)                                     # [N, D] float32
-    centred = data - data.double().mean(dim=0).float()                        # [N, D]
-    sq = (centred * centred).sum(dim=1)                                       # [N]
-    block = max(1, min(len(rows), BLOCK_ELEMENTS // n))
-    out = torch.empty((len(rows), k), dtype=torch.int64, device=device)
-    all_rows = torch.from_numpy(rows).to(device)                              # [Q]
-    buffer = torch.empty((block, n), dtype=torch.float32, device=device)      # reused: no page faults
-    for start in range(0, len(rows), block):
-        q_rows = all_rows[start:start + block]                                # [B]
-        # |x|^2 - 2 q.x ranks a row like |q - x|^2 (|q|^2 is constant per row); no [B, N] temporaries.
-        d2 = torch.addmm(sq[None, :], centred[q_rows], centred.T, alpha=-2.0,
-                         out=buffer[:len(q_rows)])                            # [B, N]
+    centred = x - x.astype(np.float64).mean(axis=0).astype(np.float32)               # [N, D]
+    sq = np.einsum("nd,nd->n", centred, centred)                                      # [N]
+    data, sq_t = torch.from_numpy(centred), torch.from_numpy(sq)
+    out = np.empty((len(rows), k), dtype=np.int64)
+    block = max(1, min(len(rows), BLOCK_ELEMENTS // n, -(-len(rows) // workers(threads))))
+
+    def run(start: int) -> None:
+        q_rows = rows[start:start + block]                                             # [B]
+        scores = torch.addmm(sq_t[None, :], data[torch.from_numpy(q_rows)], data.T, alpha=-2.0).numpy()
         if exclude_self:
-            d2[torch.arange(len(q_rows), device=device), q_rows] = float("inf")
-        cand = torch.topk(d2, take, dim=1, largest=False).indices              # [B, take]
-        out[start:start + block] = _rerank(data, q_rows, cand, k, exclude_self,
-                                           complete=take >= n - (1 if exclude_self else 0))
-    return out.cpu().numpy()
+            scores[np.arange(len(q_rows)), q_rows] = np.inf                            # [B, N]
+        cand, _ = smallest_per_row(scores, take)                                       # [B, take]
+        out[start:start + len(q_rows)] = rerank(x, q_rows, cand, k, exclude_self,
+                                                complete=take >= n - (1 if exclude_self else 0))
+
+    run_parallel([lambda s=s: run(s) for s in range(0, len(rows), block)], threads)
+    return out
 
 
-def _rerank(data, q_rows, cand, k: int, exclude_self: bool, complete: bool):
+def rerank(x: np.ndarray, q_rows: np.ndarray, cand: np.ndarray, k: int, exclude_self: bool,
+           complete: bool) -> np.ndarray:
     """[B, M] candidates -> [B, k] by (float64 distance, index); ties reaching the margin: all points."""
-    diff = data[cand].double() - data[q_rows].double()[:, None, :]            # [B, M, D]
-    cand_dist = diff.pow(2).sum(dim=2)                                        # [B, M] float64
-    cand, by_index = cand.sort(dim=1)
-    cand_dist = cand_dist.gather(1, by_index)
-    by_distance = cand_dist.argsort(dim=1, stable=True)
-    cand, cand_dist = cand.gather(1, by_distance), cand_dist.gather(1, by_distance)
-    best = cand[:, :k].clone()
+    from pipeline.knn.core import sort_rows
+
+    cand, dist = sort_rows(cand, pair_distances(x, q_rows, cand, np.float64))        # [B, M]
+    best = cand[:, :k].copy()
     if not complete:
         # A tie at the K-th distance that reaches the last candidate may continue beyond the
         # candidates: settle those rows over all points.
-        import torch
-
-        for i in torch.nonzero(cand_dist[:, k - 1] >= cand_dist[:, -1]).flatten().tolist():
-            best[i] = _exact_row(data, int(q_rows[i]), k, exclude_self)
+        for i in np.flatnonzero(dist[:, k - 1] >= dist[:, -1]):
+            best[i] = exact_row(x, int(q_rows[i]), k, exclude_self)
     return best
 
 
-def _exact_row(data, row: int, k: int, exclude_self: bool):
-    """One row's K nearest by (float64 distance, index) over all points (torch, on data's device)."""
+def exact_row(x: np.ndarray, row: int, k: int, exclude_self: bool = True) -> np.ndarray:
+    """One row's K nearest by (float64 distance, index) over all points -> [K] int64."""
+    diff = x.astype(np.float64) - x[row].astype(np.float64)                           # [N, D]
+    d2 = np.einsum("nd,nd->n", diff, diff)                                            # [N]
+    if exclude_self:
+        d2[row] = np.inf
+    return np.argsort(d2, kind="stable")[:k]
+
+
+def _exact_knn_torch(x: np.ndarray, k: int, rows: np.ndarray, exclude_self: bool, device: str) -> np.ndarray:
+    """The same search on a torch device (CUDA): float32 products, torch.topk, float64 re-ranking."""
     import torch
 
-    d2 = (data.double() - data[row].double()).pow(2).sum(dim=1)               # [N] float64
-    if exclude_self:
-        d2[row] = float("inf")
-    return torch.sort(d2, stable=True).indices[:k]
+    n = x.shape[0]
+    take = min(k + REFINE_MARGIN, n - (1 if exclude_self else 0))
+    data = torch.from_numpy(x).to(device)                                             # [N, D] float32
+    centred = data - data.double().mean(dim=0).float()                                # [N, D]
+    sq = (centred * centred).sum(dim=1)                                               # [N]
+    block = max(1, min(len(rows), GPU_BLOCK_ELEMENTS // n))
+    all_rows = torch.from_numpy(rows).to(device)                                      # [Q]
+    out = np.empty((len(rows), k), dtype=np.int64)
+    with torch.no_grad():
+        for start in range(0, len(rows), block):
+            q_rows = all_rows[start:start + block]                                    # [B]
+            d2 = torch.addmm(sq[None, :], centred[q_rows], centred.T, alpha=-2.0)     # [B, N]
+            if exclude_self:
+                d2[torch.arange(len(q_rows), device=device), q_rows] = float("inf")
+            cand = torch.topk(d2, take, dim=1, largest=False).indices                 # [B, take]
+            diff = data[cand].double() - data[q_rows].double()[:, None, :]            # [B, take, D]
+            dist = diff.pow(2).sum(dim=2)                                             # [B, take] float64
+            cand, by_index = cand.sort(dim=1)
+            dist = dist.gather(1, by_index)
+            by_distance = dist.argsort(dim=1, stable=True)
+            cand, dist = cand.gather(1, by_distance), dist.gather(1, by_distance)
+            best = cand[:, :k].cpu().numpy()
+            if take < n - (1 if exclude_self else 0):
+                for i in torch.nonzero(dist[:, k - 1] >= dist[:, -1]).flatten().tolist():
+                    best[i] = exact_row(x, int(rows[start + i]), k, exclude_self)
+            out[start:start + len(best)] = best
+    return out
 
 
 def row_distances(x: np.ndarray, indices: np.ndarray, rows: np.ndarray | None = None,
-                  dtype: type = np.float32, chunk: int = 8192) -> np.ndarray:
-    """Euclidean distance from row `rows[i]` (default i) to each of `indices[i]` -> [N, K]."""
-    n_rows, k = indices.shape
-    rows = np.arange(n_rows) if rows is None else rows
-    out = np.empty((n_rows, k), dtype=dtype)
-    for start in range(0, n_rows, chunk):
-        stop = min(start + chunk, n_rows)
-        origin = x[rows[start:stop]].astype(dtype)[:, None, :]        # [C, 1, D]
-        diff = x[indices[start:stop]].astype(dtype) - origin          # [C, K, D]
-        out[start:stop] = np.sqrt(np.einsum("ckd,ckd->ck", diff, diff))
+                  dtype: type = np.float32, threads: int | None = None, chunk: int = 16_384) -> np.ndarray:
+    """Euclidean distance from row `rows[i]` (default i) to each of `indices[i]` -> [N, K] (-1 -> inf)."""
+    rows = np.arange(indices.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = np.empty(indices.shape, dtype=dtype)
+
+    def run(start: int) -> None:
+        out[start:start + chunk] = pair_distances(x, rows[start:start + chunk], indices[start:start + chunk],
+                                                  dtype)
+
+    run_parallel([lambda s=s: run(s) for s in range(0, indices.shape[0], chunk)], threads)
     return out
+
+
+__all__ = ["ExactBackend", "exact_knn", "exact_row", "rerank", "row_distances", "torch_threads"]

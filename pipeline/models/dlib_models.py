@@ -62,8 +62,8 @@ def _new_shape_predictor():
                                   f"cannot be loaded: {exc}") from exc
 
 
-HOG_DETECTORS: ModelPool = ModelPool("dlib HOG detector", _new_hog_detector)
-SHAPE_PREDICTORS: ModelPool = ModelPool("dlib 68-point shape predictor", _new_shape_predictor)
+HOG_DETECTORS: ModelPool = ModelPool("dlib HOG detector", _new_hog_detector, way="pool")
+SHAPE_PREDICTORS: ModelPool = ModelPool("dlib 68-point shape predictor", _new_shape_predictor, way="lock")
 _own = threading.local()
 
 

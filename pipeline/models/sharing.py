@@ -6,13 +6,17 @@ changed 10 of 40 boxes. Every per-image backend therefore borrows its model:
     with HOG_DETECTORS.borrow() as detector:
         detector.run(image, 1, 0.0)
 
-`ModelPool` (mode "pool", the default) hands each concurrent caller its own instance: a free one if any,
-else a new one from the factory, returned to the free list afterwards. So there is never more than one
-model per thread in flight, threads run in parallel (dlib releases the GIL), and a thread pool that is
-recreated (a new Prefect task runner, a new Dask worker thread) reuses the models already built instead
-of paying the load again (HOG 0.4 s, 68-point predictor 0.9 s here). Mode "lock" keeps one instance
-and serialises calls on it. bench/bench_face_stages.py measures both (`set_mode`); "pool" was faster
-(bench/results/bench_face_stages.json, "sharing_*"). Torch models use `LockedModel`: one instance per process,
+A `ModelPool` runs in one of two ways, chosen per model from measurements (bench/bench_face_stages.py,
+"gil" and "sharing_*" in bench/results/bench_face_stages.json):
+- "pool": each concurrent caller gets its own instance (a free one, else a new one from the factory,
+  returned to the free list afterwards): at most one instance per thread in flight, and a thread pool
+  that is recreated (each prepare stage, a new Dask worker thread) reuses instances already built. Used
+  for the HOG detector: dlib releases the GIL inside it, so two threads detect in parallel, and an
+  instance costs 1 MB (0.4 s to build).
+- "lock": one instance, calls serialised. Used for the 68-point predictor: dlib holds the GIL inside it,
+  so concurrent calls could not overlap anyway, and each instance would cost 80 MB (0.9 s to build).
+`set_mode("pool" | "lock")` forces one way for every pool (the benchmark compares them); "default" restores
+the per-model choice. Torch models use `LockedModel`: one instance per (checkpoint, device) per process,
 calls serialised (one device gains nothing from concurrent calls, and a copy per thread costs memory).
 
 Processes: every process builds its own instances (module state). After os.fork the child starts with
@@ -31,13 +35,13 @@ from typing import Generic, TypeVar
 from pipeline.contract.errors import ConfigError, choices_message
 
 T = TypeVar("T")
-MODES = ("pool", "lock")
-_mode = "pool"
+MODES = ("default", "pool", "lock")
+_mode = "default"
 _pools: weakref.WeakSet = weakref.WeakSet()
 
 
 def set_mode(mode: str) -> None:
-    """Sharing mode for every ModelPool in this process (bench use); clears built instances."""
+    """Force one sharing way on every ModelPool in this process ("default": each its own); clears instances."""
     global _mode
     if mode not in MODES:
         raise ConfigError(choices_message("model sharing mode", mode, MODES))
@@ -53,8 +57,10 @@ def mode() -> str:
 class ModelPool(Generic[T]):
     """Instances of one model, at most one per concurrent caller (see the module docstring)."""
 
-    def __init__(self, name: str, factory: Callable[[], T]) -> None:
-        self.name, self._factory = name, factory
+    def __init__(self, name: str, factory: Callable[[], T], way: str = "pool") -> None:
+        if way not in MODES[1:]:
+            raise ConfigError(choices_message("model sharing way", way, MODES[1:]))
+        self.name, self._factory, self.way = name, factory, way
         self._lock = threading.Lock()
         self._call_lock = threading.Lock()
         self._free: list[T] = []
@@ -73,7 +79,7 @@ class ModelPool(Generic[T]):
 
     @contextlib.contextmanager
     def borrow(self) -> Iterator[T]:
-        if _mode == "lock":
+        if (self.way if _mode == "default" else _mode) == "lock":
             with self._call_lock:
                 if self._shared is None:
                     self._shared = self._factory()

@@ -12,6 +12,7 @@ search on a seeded query sample, and how often neighbours share the clean label.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_confi
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = "1.0.0"
+STAGE_VERSION = "1.1.0"
 BUILTIN_SPACES: tuple[str, ...] = ("au", "au17", "landmarks", "landmarks_procrustes", "va")
 DEFAULT_SIGMA: dict[str, float | str] = {
     "au": 1.0, "au17": 1.0, "landmarks": 68.0, "landmarks_procrustes": "auto", "va": "auto",
@@ -208,15 +209,19 @@ def build_space_graph(features: np.ndarray, sample_ids: np.ndarray, labels: np.n
     check_config(config.knn, len(features))
     sigma_setting = config.sigma_for(space)
     graph = build_knn_graph(features, config.knn, sample_ids)
+    started = time.perf_counter()
     recall = recall_at_k(features, graph.indices, config.knn.metric, config.recall_queries,
                          config.recall_seed)
+    recall_seconds = time.perf_counter() - started
     similarity, sigma = similarity_from_distances(graph.distances, sigma_setting)
     table = graph_table(sample_ids, sample_ids[graph.indices], graph.distances, similarity)
     metadata = {
         "space": space, "K": config.knn.k, "metric": config.knn.metric, "sigma": sigma,
         "sigma_mode": "auto" if sigma_setting == "auto" else "config", "similarity": SIMILARITY_FORMULA,
-        "backend": graph.backend, "backend_params": {**backend_params(config.knn), **graph.params},
-        "build_seconds": round(graph.seconds, 3), "recall_at_k": recall,
+        "backend": graph.backend, "backend_requested": config.knn.backend,
+        "backend_params": {**backend_params(graph.config or config.knn), **graph.params},
+        "build_seconds": round(graph.seconds, 3), "recall_seconds": round(recall_seconds, 3),
+        "recall_at_k": recall, "recall_reference": "exact",
         "recall_queries": min(config.recall_queries, len(features)), "recall_seed": config.recall_seed,
         "n_rows": len(features), "feature_dim": int(np.shape(features)[1]),
         "splits": list(config.splits) if config.splits is not None else None,

@@ -50,7 +50,10 @@ def _params(obj) -> dict:
 
 def plan_version(config: PrepareConfig, stages: StageConfigs, source_fingerprint: str,
                  stage_versions: dict[str, str], root: Path | None = None) -> VersionPlan:
-    """Chain fingerprints: sources -> faces -> landmarks -> action_units -> graphs -> noise -> version."""
+    """Chain fingerprints: sources -> faces -> landmarks -> action_units [-> pseudo_va] -> graphs -> noise -> version.
+
+    pseudo_va (when its checkpoint is set) chains from faces (it reads the crops) and the checkpoint's content hash.
+    """
     store_fps: dict[str, str] = {}
     parent: tuple[str, ...] = ()
     for name, stage_config in zip(PER_IMAGE_STAGES, (stages.align, stages.landmarks, stages.action_units)):
@@ -61,6 +64,13 @@ def plan_version(config: PrepareConfig, stages: StageConfigs, source_fingerprint
     for name in PER_IMAGE_STAGES:
         chain[name] = fingerprint(name, stage_versions[name], {"store": store_fps[name]}, (previous,))
         previous = chain[name]
+    pseudo = getattr(stages, "pseudo_va", None)
+    if pseudo is not None and pseudo.enabled:   # only then: versions without pseudo-VA keep their ids
+        from pipeline.stages.pseudo_va import fingerprint_params
+
+        chain["pseudo_va"] = fingerprint("pseudo_va", stage_versions["pseudo_va"], fingerprint_params(pseudo),
+                                         (chain["faces"],))
+        previous = chain["pseudo_va"]
     chain["graphs"] = fingerprint("graphs", stage_versions["graphs"],
                                   {**_params(stages.graphs), "spaces": list(stages.spaces)}, (previous,))
     chain["noise"] = fingerprint("noise", stage_versions["noise"], {"variants": list(stages.noise)},
@@ -84,10 +94,11 @@ def version_is_complete(plan: VersionPlan) -> bool:
 def stage_versions() -> dict[str, str]:
     """name@version of every stage module: part of every fingerprint."""
     from pipeline.sources import STAGE_VERSION as sources_version
-    from pipeline.stages import action_units, faces, graphs, landmarks, noise
+    from pipeline.stages import action_units, faces, graphs, landmarks, noise, pseudo_va
 
     return {"sources": sources_version, "faces": faces.STAGE_VERSION, "landmarks": landmarks.STAGE_VERSION,
-            "action_units": action_units.STAGE_VERSION, "graphs": graphs.STAGE_VERSION, "noise": noise.STAGE_VERSION}
+            "action_units": action_units.STAGE_VERSION, "graphs": graphs.STAGE_VERSION, "noise": noise.STAGE_VERSION,
+            "pseudo_va": pseudo_va.STAGE_VERSION}
 
 
 def spaces_present(version_dir: Path, spaces: tuple[str, ...]) -> list[str]:

@@ -7,7 +7,9 @@
   shapes (no learning beyond class means): near 1.0 means landmark neighbours are an oracle for the
   class, which a label-noise method could then exploit without learning anything;
 - shape spread: RMS point distance (face units) of identity shapes from their mean against that of
-  a full expression from neutral: identities should differ more than expressions move the mesh.
+  an expression from neutral, at full intensity and as drawn (intensity uniform in the config's
+  range): identities should differ about as much as a full expression moves the mesh, and more than
+  a drawn one does.
 Used by tests/pipeline/test_synthetic.py and bench/bench_synthetic.py.
 """
 from __future__ import annotations
@@ -92,9 +94,12 @@ def nearest_centroid_loo(x: np.ndarray, labels: np.ndarray, num_classes: int) ->
 
 
 def nearest_centroid_accuracy(rows: list[Measured], num_classes: int, use_truth: bool = False,
-                              singles_only: bool = True) -> tuple[float, dict[str, float], int]:
-    """(accuracy, per class, count) of nearest centroid on Procrustes-aligned dlib (or true) points."""
-    kept = [r for r in rows if (use_truth or r.points is not None) and (r.single or not singles_only)]
+                              singles_only: bool = True, min_intensity: float = 0.0
+                              ) -> tuple[float, dict[str, float], int]:
+    """(accuracy, per class, count) of nearest centroid on Procrustes-aligned dlib (or true) points,
+    over the faces drawn at `min_intensity` or more (generator v1's measure: singles at 0.5 or more)."""
+    kept = [r for r in rows if (use_truth or r.points is not None) and (r.single or not singles_only)
+            and r.intensity >= min_intensity]
     labels = np.array([r.label for r in kept])
     shapes = np.stack([r.truth if use_truth else r.points for r in kept])  # [N, 68, 2]
     x = procrustes_shapes(shapes).reshape(len(kept), -1)  # [N, 136]
@@ -127,3 +132,10 @@ def shape_spread(num_identities: int = 16, seed: int = 0, strength: float = 1.0,
             field = expression(np.eye(len(CANONICAL_CLASSES))[c], 1.0, side).field  # [68, 2]
             moves.append((field ** 2).sum(-1).mean())
     return identity, float(np.sqrt(np.mean(moves)))
+
+
+def drawn_expression_rms(full: float, min_intensity: float, max_intensity: float) -> float:
+    """RMS expression move at intensities uniform in [min, max], from the full-intensity RMS `full`."""
+    lo, hi = min_intensity, max_intensity
+    mean_square = (hi ** 3 - lo ** 3) / (3 * (hi - lo)) if hi > lo else hi ** 2
+    return float(full * np.sqrt(mean_square))

@@ -134,3 +134,19 @@ def expression(weights: np.ndarray, intensity: float, side: np.ndarray) -> Expre
     teeth = CANONICAL_CLASSES[label] == TEETH_CLASS
     return Expression(label, weights.astype(np.float32), intensity, au.astype(np.float32), field, teeth,
                       float(va[0]), float(va[1]))
+
+
+def wrinkle_levels(expr: Expression, side: np.ndarray) -> dict[str, float]:
+    """How deep (0..1) each furrow of render.paint_wrinkles is drawn: skin cues that go with the AUs.
+
+    Forehead lines with the brow raisers (AU01/02), the glabella furrow with the brow lowerer (AU04),
+    nose-bridge wrinkles with the nose wrinkler (AU09), and each nasolabial fold with its lip corner's
+    pull up and out (AU12 at full intensity gives 1; so a one-sided smile deepens one fold) and with
+    the upper-lip raiser (AU10).
+    """
+    au = dict(zip(AU_INTENSITY_NAMES, (expr.au_intensity / 5.0).tolist()))
+    levels = {"forehead": (au["AU01"] + au["AU02"]) / 2, "glabella": au["AU04"], "nose": au["AU09"]}
+    for name, corner in (("fold_left", 48), ("fold_right", 54)):
+        pull = -expr.field[corner, 1] + expr.field[corner, 0] * side[corner]  # up and outwards, face units
+        levels[name] = float(np.clip(pull / 0.19 + 0.6 * au["AU10"], 0.0, 1.0))
+    return levels

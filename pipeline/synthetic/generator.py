@@ -8,7 +8,8 @@ expression is a set of action units moving the mesh, at an intensity from subtle
 blend of two classes whose weights are the true label distribution, with a valence/arousal from the
 classes' circumplex positions (pipeline.synthetic.expressions). Every class but happiness gets lips
 painted in, with a dark cavity when open; happiness shows teeth (the astronaut's own, painted for a
-closed-mouthed photo). In-plane rotation (normal, sigma = limit / 3, clipped at the limit), scale,
+closed-mouthed photo). The AUs also darken the skin furrows they make (forehead lines, glabella, nose
+wrinkles, nasolabial folds): appearance cues a pixel model can learn that landmarks do not carry. In-plane rotation (normal, sigma = limit / 3, clipped at the limit), scale,
 shift, lighting, colour and background vary per sample. A sample depends only on (config, index),
 so any one can be regenerated alone, in any order or process.
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.contract.errors import ConfigError
-from pipeline.synthetic.expressions import class_weights, expression
+from pipeline.synthetic.expressions import class_weights, expression, wrinkle_levels
 from pipeline.synthetic.reference import num_references, reference
 from pipeline.synthetic.render import (
-    apply_affine, background, head_polygons, jaw_shadow, paint_brows, paint_mouth, shade, soft_mask, warp_mesh)
+    apply_affine, background, head_polygons, jaw_shadow, paint_brows, paint_mouth, paint_wrinkles, shade, soft_mask,
+    warp_mesh)
 from pipeline.synthetic.shape import identity_morph, untangle
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class SyntheticConfig:
     max_shift: float = 0.05  # face-centre shift / size
     lighting: float = 0.35  # strength of the directional shading
     noise: float = 3.0  # max pixel noise sigma
+    wrinkles: bool = True  # draw the skin furrows that go with the AUs (appearance, not landmark, cues)
 
     def __post_init__(self) -> None:
         checks = {
@@ -150,6 +153,8 @@ def generate_sample(config: SyntheticConfig, index: int) -> SyntheticSample:
         warped = jaw_shadow(warped, marks, scale, ref.jaw_shadow)
     if ref.brow_paint:
         warped = paint_brows(warped, marks, scale, ref.brow_paint)
+    if config.wrinkles:
+        warped = paint_wrinkles(warped, marks, scale, wrinkle_levels(expr, ref.side))
     if not (expr.teeth and ref.has_teeth):
         gap = float(np.mean(face[[67, 66, 65], 1] - face[[61, 62, 63], 1]))
         warped = paint_mouth(warped, marks, gap, scale, ref.lip_colour, teeth=expr.teeth)

@@ -138,3 +138,47 @@ def paint_brows(image: np.ndarray, marks: np.ndarray, scale: float, strength: fl
                       max(1, round(0.04 * scale)), cv2.LINE_AA, 4)
     line = cv2.GaussianBlur(line, (0, 0), max(0.3, 0.01 * scale))[..., None]  # [H, W, 1]
     return image * (1 - strength * line) + np.float32(60.0) * strength * line
+
+
+def _lines(size: int, polylines: list[np.ndarray], width: float) -> np.ndarray:
+    """Anti-aliased open polylines [H, W] float32 0..1 of the given width (pixels), softened."""
+    import cv2
+
+    canvas = np.zeros((size, size), np.float32)  # [H, W]
+    for line in polylines:
+        cv2.polylines(canvas, [np.round(line * 16).astype(np.int32)], False, 1.0, max(1, round(width)),
+                      cv2.LINE_AA, 4)
+    return cv2.GaussianBlur(canvas, (0, 0), max(0.3, 0.5 * width))
+
+
+def paint_wrinkles(image: np.ndarray, marks: np.ndarray, scale: float, levels: dict[str, float]) -> np.ndarray:
+    """The furrows action units draw on the skin, each darkened by its level (0..1): `forehead`
+    (AU01/02: lines above the brows), `glabella` (AU04: between the brows), `nose` (AU09: across the
+    bridge) and `fold_left` / `fold_right` (nasolabial folds deepened by a raised or pulled lip corner)."""
+    size = image.shape[0]
+    axis = (marks[45] - marks[36]) / np.linalg.norm(marks[45] - marks[36])  # [2] along the eyes
+    up = np.array([axis[1], -axis[0]])  # [2] the face's up in pixels
+    brow_mid = marks[[21, 22]].mean(0)  # [2]
+    parts: list[tuple[float, list[np.ndarray]]] = []
+    if levels.get("forehead", 0) > 0:
+        rows = [brow_mid + up * scale * h + axis[None] * scale * np.linspace(-0.3, 0.3, 5)[:, None]
+                for h in (0.2, 0.3)]
+        parts.append((levels["forehead"], [r - up * scale * 0.02 * np.cos(np.linspace(-1.5, 1.5, 5))[:, None]
+                                           for r in rows]))
+    if levels.get("glabella", 0) > 0:
+        parts.append((levels["glabella"], [np.stack([brow_mid + axis * scale * dx + up * scale * 0.06,
+                                                     brow_mid + axis * scale * dx * 0.7 - up * scale * 0.04])
+                                           for dx in (-0.04, 0.04)]))
+    if levels.get("nose", 0) > 0:
+        parts.append((levels["nose"], [marks[h] + axis[None] * scale * np.array([[-0.06], [0.0], [0.06]])
+                                       + up * scale * np.array([[0.0], [0.012], [0.0]]) for h in (28, 29)]))
+    for side, (wing, corner) in (("fold_left", (31, 48)), ("fold_right", (35, 54))):
+        if levels.get(side, 0) > 0:
+            start = marks[wing] + (marks[wing] - marks[33]) * 0.6  # [2] beside the nose wing
+            end = marks[corner] + (marks[corner] - marks[51]) * 0.25 - up * scale * 0.05  # [2] past the corner
+            bend = (start + end) / 2 + (start + end - 2 * marks[33]) * 0.12  # [2] bowed outwards
+            parts.append((levels[side], [np.stack([start, bend, end])]))
+    for level, lines in parts:
+        shadow = _lines(size, lines, 0.02 * scale)[..., None]  # [H, W, 1]
+        image = image * (1 - 0.45 * min(level, 1.0) * shadow)
+    return image

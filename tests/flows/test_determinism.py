@@ -69,9 +69,15 @@ def _build(root: Path, mapper: ShardMapper, monkeypatch) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
-    """The 1-worker build (module scope: every variant compares with it)."""
+    """The 1-worker build (module scope: every variant compares with it).
+
+    Module fixtures run before the suite's function-scoped isolation, so the image cache is set here
+    the way tests/conftest.py sets it for every test.
+    """
     root = tmp_path_factory.mktemp("serial")
+    cache = os.environ.get("FER_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "fer-cache")
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FER_CACHE", cache)
         return _build(root, ShardMapper(), patch)
 
 

@@ -70,3 +70,18 @@ def test_box_transform_puts_the_box_eye_line_on_the_template():
     eye_mid = np.array([[box[0] + 60 - 0.5, box[1] + align.BOX_EYES_FROM_TOP * 120 - 0.5]])
     np.testing.assert_allclose(align.map_points(eye_mid, t)[0], align.template_points(256)[:2].mean(0), atol=1e-4)
     np.testing.assert_allclose(align.template_box(256)[2], 256 * 0.3 * align.BOX_SIDE_PER_IOD, atol=1e-6)
+
+
+def test_crop_coverage_is_the_share_of_the_crop_inside_the_image():
+    rng = np.random.default_rng(0)
+    ticks = (np.arange(200) + 0.5) * (256 / 200) - 0.5
+    lattice = np.stack([a.ravel() for a in np.meshgrid(ticks, ticks)], axis=1)       # [200*200, 2] crop pixels
+    for _ in range(12):
+        t = _similarity(rng.uniform(0.3, 2.0), rng.uniform(-35, 35), *rng.uniform(-300, 100, 2))
+        width, height = (int(v) for v in rng.integers(50, 400, 2))
+        source = align.map_points(lattice, align.invert_transform(t))
+        inside = ((source[:, 0] >= -0.5) & (source[:, 0] < width - 0.5)
+                  & (source[:, 1] >= -0.5) & (source[:, 1] < height - 0.5)).mean()
+        assert align.crop_coverage(t, width, height, 256) == pytest.approx(inside, abs=0.01)
+    assert align.crop_coverage(align.resize_transform(80, 120, 64), 80, 120, 64) == pytest.approx(1.0)
+    np.testing.assert_allclose(align.clip_box(np.array([-20, 40, 120, 300]), 200, 200), [0, 40, 100, 160])

@@ -165,3 +165,15 @@ def test_build_and_write_space_from_a_version_folder(tmp_path):
                                                            "fear", "disgust", "anger"}
     graph = read_graph(path)
     assert set(graph.neighbors.ravel()) <= set(graph.sample_id)     # neighbours are train sample ids
+
+
+def test_metadata_names_the_backend_auto_resolved_to_and_the_measured_recall():
+    small, meta = build_space_graph(LINE, np.arange(4), None, GraphConfig(knn=KnnConfig(k=2)), "line")
+    assert meta["backend"] == "exact" and meta["backend_requested"] == "auto"
+    assert meta["recall_reference"] == "exact" and meta["recall_at_k"] == 1.0 and meta["recall_seconds"] >= 0
+    x = clustered_points(21_000, 6, seed=3)                       # above the exact threshold of 'auto'
+    _, meta = build_space_graph(x, np.arange(21_000), None, GraphConfig(recall_queries=500), "au")
+    assert meta["backend"] == "blocked-ivf" and meta["recall_at_k"] >= 0.99
+    params = meta["backend_params"]
+    assert params["nlist"] == round(2 * np.sqrt(21_000)) and params["nprobe"] == params["nprobe_tuning"][-1][0]
+    assert params["backend"] == "blocked-ivf" and "nnd_neighbors" not in params

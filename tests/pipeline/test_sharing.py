@@ -26,7 +26,7 @@ class _Model:
 
 @pytest.mark.parametrize("mode", sharing.MODES)
 def test_no_instance_is_used_by_two_threads_at_once(mode):
-    pool = sharing.ModelPool("fake", _Model)
+    pool = sharing.ModelPool("fake", _Model, way="pool")
     try:
         sharing.set_mode(mode)
 
@@ -41,7 +41,7 @@ def test_no_instance_is_used_by_two_threads_at_once(mode):
             list(executor.map(work, range(40)))
         assert pool.built <= 4
     finally:
-        sharing.set_mode("pool")
+        sharing.set_mode("default")
 
 
 def test_locked_model_builds_once_per_key_and_serialises_calls():

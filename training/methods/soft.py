@@ -13,10 +13,12 @@ Per step, for a batch (x, y):
     L = L_cls + w(t) * KL(s || softmax(z))  # w(t) = consistency_weight * sigmoid ramp-up
 The teacher's weights are an EMA of the student's (decay 0.999, with the mean-teacher "true average"
 start: decay_t = min(1 - 1 / (t + 1), 0.999)), updated in `after_optimizer_step`. The teacher has no
-uncertainty module. An optional warm-up (`warmup_epochs`) trains the student on plain CE of its pure
-logits before the uncertainty module is switched on.
+uncertainty module. A warm-up (`warmup_epochs`, 6 as in the paper's section 4.2: "pre-train the student
+with SLS for 6 epochs, then add the uncertainty module") trains the student on CE of its pure logits plus
+the SLS consistency term; the uncertainty module is switched on after it (0 disables the warm-up).
 
-Defaults follow the paper (eps 0.3, tau 1/8, consistency weight 10, EMA 0.999, Adam 1e-4, batch 64).
+Defaults follow the paper (eps 0.3, tau 1/8, consistency weight 10, EMA 0.999, 6 warm-up epochs, Adam 1e-4,
+batch 64).
 Facts from the official code (github.com/toharl/soft) used where the paper is silent: the consistency
 KL uses the student's pure logits (not alpha-scaled); the ramp-up is the mean-teacher sigmoid ramp
 exp(-5 (1 - t)^2) over 5 epochs; the teacher sees a second augmentation of the image (`two_views`) and
@@ -124,7 +126,7 @@ class SoftConfig:
     eps: float = 0.3
     consistency_weight: float = 10.0
     consistency_rampup_epochs: float = 5.0
-    warmup_epochs: int = 0                 # epochs of plain CE before the uncertainty module is used
+    warmup_epochs: int = 6                 # epochs of CE + SLS consistency before the uncertainty module
     teacher_view: str = "second"           # "second": teacher sees image2 (two_views); "same": image
     eval_branch: str = "student"           # branch `predict` uses until `set_eval_branch` picks one
 
