@@ -1,10 +1,10 @@
 """The memorisation regime: the baseline under a benchmark recipe on clean and noisy labels, evaluated every epoch.
 
     python bench/memorisation.py [--config training/configs/benchmark_memorise_cpu.yaml] [--n 1500]
-        [--noise clean,sym-0.30,asym-0.30] [--seed 0] [--threads 2] [--work /tmp/fer-memorise]
+        [--crop 64] [--noise clean,sym-0.30,asym-0.30] [--seed 0] [--threads 2] [--work /tmp/fer-memorise]
 
 Prepares a synthetic version with the real prepare (bench.prepared: given boxes, provided points, exact graphs,
-64x64 crops, label variants clean / sym-0.30 / asym-0.30) under --work, trains `baseline` with the recipe's
+--crop pixel crops, label variants clean / sym-0.30 / asym-0.30) under --work, trains `baseline` with the recipe's
 `train` layer on every variant (evaluating every epoch), and checks the regime of issue 13 item 2 on sym-0.30:
   train accuracy on the noisy labels at the end >= clean share + 0.15 (both the last epoch's logged training
       batches and an evaluation-mode pass over the whole training split),
@@ -56,7 +56,9 @@ def train_split_accuracy(run_dir: str) -> float:
     info, _ = data_info(config, version, train)
     method = method_class(config.method)(build_method_config(config), info)
     method.load_state_dict(ckpt["method"])
-    out = predict(method, eval_loader(config, version, train, torch.device("cpu")), torch.device("cpu"))
+    device = torch.device("cuda" if torch.cuda.is_available() and config.runtime.device != "cpu" else "cpu")
+    method = method.to(device)
+    out = predict(method, eval_loader(config, version, train, device), device)
     return float((out["logits"].argmax(1) == out["label"]).mean())
 
 
@@ -130,7 +132,7 @@ def plot(results: dict, path: Path, title: str) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--n", type=int, default=1500)
+    parser.add_argument("--crop", type=int, default=64, help="side of the prepared crops")
     parser.add_argument("--noise", default="clean,sym-0.30,asym-0.30")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="output stem (default memorisation_<config stem>)")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.noise.split(",") if v.strip()]
-    version = prepare_small_version(args.work, n=args.n, crop_size=64, variants=tuple(variants),
+    version = prepare_small_version(args.work, n=args.n, crop_size=args.crop, variants=tuple(variants),
                                     cache=os.environ.get("FER_CACHE"))
     load_start = os.getloadavg()
     results = {}

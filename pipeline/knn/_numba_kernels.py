@@ -45,3 +45,72 @@ def pair_distances(x, rows, indices, out):  # pragma: no cover - compiled
                 diff = np.float64(x[other, d]) - np.float64(origin[d])
                 total += diff * diff
             out[i, j] = np.sqrt(total)
+
+
+@numba.njit(nogil=True, cache=True)
+def sort_pairs(indices, distances):  # pragma: no cover - compiled
+    """Sort each row in place by (distance, index); index -1 (a missing candidate) goes last."""
+    n, w = indices.shape
+    for i in range(n):
+        for j in range(1, w):
+            idx = indices[i, j]
+            dist = distances[i, j]
+            k = j
+            while k > 0 and _after(indices[i, k - 1], distances[i, k - 1], idx, dist):
+                indices[i, k] = indices[i, k - 1]
+                distances[i, k] = distances[i, k - 1]
+                k -= 1
+            indices[i, k] = idx
+            distances[i, k] = dist
+
+
+@numba.njit(inline="always")
+def _after(idx_a, dist_a, idx_b, dist_b):  # pragma: no cover - compiled
+    """True when (dist_a, idx_a) sorts after (dist_b, idx_b); missing (-1) sorts after everything."""
+    if idx_a < 0:
+        return idx_b >= 0
+    if idx_b < 0:
+        return False
+    return dist_a > dist_b or (dist_a == dist_b and idx_a > idx_b)
+
+
+@numba.njit(nogil=True, cache=True)
+def merge_block(scores, row_sq, first_a, first_b, values, indices):  # pragma: no cover - compiled
+    """Offer a block of squared distances (scores [ma, mb] + row_sq [ma]; rows first_a.., columns
+    first_b..) to both sides' running best lists.
+
+    values/indices [N, w] hold each row's w best (value, index) so far, sorted; a candidate enters when
+    it sorts before the current last, so the final lists do not depend on the order blocks arrive in.
+    The diagonal of a block of one cell with itself (first_a == first_b) is skipped: a row is never
+    its own candidate, and each pair inside the cell is seen from both rows already.
+    """
+    ma, mb = scores.shape
+    same = first_a == first_b
+    for i in range(ma):
+        row_a = first_a + i
+        base = row_sq[i]
+        for j in range(mb):
+            if same and i == j:
+                continue
+            v = scores[i, j] + base
+            row_b = first_b + j
+            _offer(values, indices, row_a, v, row_b)
+            if not same:
+                _offer(values, indices, row_b, v, row_a)
+
+
+@numba.njit(nogil=True, inline="always")
+def _offer(values, indices, row, v, candidate):  # pragma: no cover - compiled
+    w = values.shape[1]
+    last_v = values[row, w - 1]
+    if v != v or v > last_v:
+        return
+    if v == last_v and indices[row, w - 1] >= 0 and candidate >= indices[row, w - 1]:
+        return
+    k = w - 1
+    while k > 0 and (values[row, k - 1] > v or (values[row, k - 1] == v and indices[row, k - 1] > candidate)):
+        values[row, k] = values[row, k - 1]
+        indices[row, k] = indices[row, k - 1]
+        k -= 1
+    values[row, k] = v
+    indices[row, k] = candidate

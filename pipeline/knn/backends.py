@@ -1,8 +1,9 @@
 """The KNN backend registry and the interface every backend implements.
 
 faiss.contrib style: a backend takes a C-contiguous float32 array [N, D] and returns (D, I), each
-[N, width]: squared euclidean distances (informational) and int64 row positions of candidate
-neighbours, where a row may list itself, repeats or -1 (short rows). `pipeline.knn.core` turns any
+[N, width]: squared euclidean distances (informational; or, where `exact_distances`, the euclidean
+distances pipeline.knn.kernels.pair_distances measures, reused as they are) and int64 row positions of
+candidate neighbours, where a row may list itself, repeats or -1 (short rows). `pipeline.knn.core` turns any
 backend's candidates into the contract (self excluded, distances recomputed, (distance, index) order),
 so an approximate backend only has to find the right rows. The `exact` backend is the reference every
 approximation's recall is measured against.
@@ -34,6 +35,7 @@ class KnnBackend:
 
     config_fields: ClassVar[tuple[str, ...]] = ()   # KnnConfig fields that matter to this backend
     margin: ClassVar[int] = TIE_MARGIN              # 0: the backend's results are exact and final
+    exact_distances: ClassVar[bool] = False         # D holds euclidean distances as pair_distances measures
 
     def __init__(self, config) -> None:
         self.config = config

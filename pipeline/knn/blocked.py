@@ -1,14 +1,12 @@
-"""Blocked IVF search: k-means cells, and every cell's queries searched exactly in one matrix product.
+"""Blocked IVF search: k-means cells, and whole cells compared with each other in matrix products.
 
-The points are split into `nlist` k-means cells (an IVF coarse quantiser). Each point probes its
-`nprobe` nearest centroids; the queries of one cell are then compared, by a single torch matrix
-product, with every point of the union of the cells its members probe, and keep their nearest
-`width`. Searching a cell's queries together turns faiss's per-query list scans into dense matrix
-products (several times faster per distance on a CPU), and the union is a superset of what each
-query would probe alone. `nprobe='auto'` takes the smallest ladder step whose recall@K on a seeded
-query sample, against exact search, reaches `target_recall`: with exact distances inside the
-candidates, a true neighbour is found exactly when its cell is in the union, so the probe needs no
-search at all, only the exact neighbours of the sample.
+The points are split into `nlist` k-means cells (an IVF coarse quantiser) and each point probes its
+`nprobe` nearest centroids. Two cells are compared, exactly, when a member of one probes the other
+(pipeline.knn.blocked_search): a superset of what each query would probe alone, computed as dense
+matrix products, each pair of cells once for both sides. `nprobe='auto'` takes the smallest ladder
+step whose recall@K on a seeded query sample, against exact search, reaches `target_recall`: a true
+neighbour is found exactly when its cell and the query's cell are a compared pair, so the probe needs
+no search at all, only the exact neighbours of the sample.
 
 Deterministic: the k-means sample and initial centroids come from the seed, centroid sums are
 accumulated in float64 in a fixed order, and no result depends on the thread count.
@@ -20,6 +18,7 @@ import logging
 import numpy as np
 
 from pipeline.knn.backends import KnnBackend, register_backend, run_parallel, torch_device
+from pipeline.knn.blocked_search import cell_layout, cell_pairs, cell_search
 from pipeline.knn.exact import exact_knn
 from pipeline.knn.kernels import smallest_per_row
 
@@ -43,6 +42,7 @@ class BlockedIvfBackend(KnnBackend):
 
     config_fields = ("ivf_nlist", "ivf_nprobe", "target_recall", "tune_queries", "ivf_kmeans_iters",
                      "ivf_train_per_list", "use_gpu")
+    exact_distances = True
 
     def search(self, x: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         config = self.config
@@ -135,84 +135,6 @@ def _nearest_cells_torch(x: np.ndarray, centroids: np.ndarray, p: int, device: s
     return out
 
 
-def cell_layout(home: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows grouped by home cell -> (order [N], starts [C], counts [C]): cell c is order[starts[c]:+counts[c]]."""
-    order = np.argsort(home, kind="stable")
-    counts = np.bincount(home, minlength=nlist)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return order, starts, counts
-
-
-def probed_union(probes: np.ndarray, members: np.ndarray, home_cell: int) -> np.ndarray:
-    """Cells probed by any member of one cell, the home cell first, then ascending."""
-    cells = np.unique(probes[members])
-    return np.concatenate([[home_cell], cells[cells != home_cell]])
-
-
-def cell_search(x: np.ndarray, probes: np.ndarray, nlist: int, width: int, device: str = "cpu",
-                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's queries against the union of their probed cells -> (D [N, width], I [N, width]).
-
-    D holds squared euclidean distances (float32, from the products), I row positions (-1 when a
-    union holds fewer than width other points). The row itself is never listed.
-    """
-    import torch
-
-    n = x.shape[0]
-    order, starts, counts = cell_layout(probes[:, 0], nlist)
-    centred = x - x.astype(np.float64).mean(axis=0).astype(np.float32)               # [N, D]
-    by_cell = torch.from_numpy(np.ascontiguousarray(centred[order])).to(device)      # [N, D] grouped
-    sq = (by_cell * by_cell).sum(dim=1)                                              # [N]
-    out_i = np.full((n, width), -1, dtype=np.int64)
-    out_d = np.full((n, width), np.inf, dtype=np.float32)
-
-    def run(cell: int) -> None:
-        m = int(counts[cell])
-        members = order[starts[cell]:starts[cell] + m]
-        positions = _positions(probed_union(probes, members, cell), starts, counts)  # [M] grouped rows
-        pos_t = torch.from_numpy(positions).to(device)
-        queries = by_cell[starts[cell]:starts[cell] + m]                             # [m, D]
-        scores = torch.addmm(sq[pos_t][None, :], queries, by_cell[pos_t].T, alpha=-2.0)  # [m, M]
-        diagonal = torch.arange(m, device=device)
-        scores[diagonal, diagonal] = float("inf")                                    # self
-        columns, values = _smallest(scores, width)                                   # [m, width]
-        found = columns >= 0
-        out_i[members] = np.where(found, order[positions[np.maximum(columns, 0)]], -1)
-        out_d[members] = values + sq[starts[cell]:starts[cell] + m, None].cpu().numpy()
-
-    if device == "cpu":
-        run_parallel([lambda c=c: run(c) for c in np.flatnonzero(counts)], threads)
-    else:
-        for cell in np.flatnonzero(counts):
-            run(cell)
-    return out_d, out_i
-
-
-def _smallest(scores, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row `width` smallest of a torch score block -> numpy (columns, values), (value, column) order."""
-    import torch
-
-    if scores.device.type == "cpu":
-        return smallest_per_row(scores.numpy(), width)
-    take = min(width, scores.shape[1])
-    values, columns = torch.topk(scores, take, dim=1, largest=False, sorted=True)
-    columns, by_column = columns.sort(dim=1)
-    order = values.gather(1, by_column).argsort(dim=1, stable=True)
-    columns, values = columns.gather(1, order), values.gather(1, order)
-    out_c = np.full((scores.shape[0], width), -1, dtype=np.int64)
-    out_v = np.full((scores.shape[0], width), np.inf, dtype=np.float32)
-    out_c[:, :take], out_v[:, :take] = columns.cpu().numpy(), values.cpu().numpy()
-    out_c[~np.isfinite(out_v)] = -1
-    return out_c, out_v
-
-
-def _positions(cells: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Grouped-row positions of every point in `cells`, cell by cell -> [sum(counts[cells])] int64."""
-    sizes = counts[cells]
-    offsets = np.repeat(starts[cells] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-    return np.arange(int(sizes.sum()), dtype=np.int64) + offsets
-
-
 def tune_sample(x: np.ndarray, k: int, n_queries: int, seed: int,
                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A seeded query sample and its exact K nearest rows -> (rows [Q], neighbours [Q, K])."""
@@ -226,26 +148,18 @@ def tune_nprobe(probes: np.ndarray, rows: np.ndarray, exact: np.ndarray, ladder:
                 target: float) -> tuple[int, list]:
     """Smallest ladder nprobe whose recall@K on the query sample `rows` reaches `target`.
 
-    A sampled query finds an exact neighbour iff the neighbour's home cell is in the union of cells
-    probed by the query's cell, so for each (query, neighbour) pair the smallest nprobe that finds it
-    is the first probe rank at which any member of the query's cell lists the neighbour's cell.
-    Returns (nprobe, [[nprobe, sample recall], ...]).
+    The search compares two cells' points exactly when the pair is in cell_pairs, so a sampled query
+    finds an exact neighbour iff (its cell, the neighbour's cell) is a searched pair: the sample's
+    recall at each nprobe follows from the pairs alone. Returns (nprobe, [[nprobe, sample recall], ...]).
     """
     home = probes[:, 0]
     nlist = int(home.max()) + 1
-    order, starts, counts = cell_layout(home, nlist)
-    depth = probes.shape[1]
-    need = np.empty(exact.shape, dtype=np.int64)                                     # [Q, K]
-    for cell in np.unique(home[rows]):
-        members = order[starts[cell]:starts[cell] + counts[cell]]
-        rank = np.full(nlist, depth + 1, dtype=np.int64)                            # first probe rank + 1
-        for column in range(depth - 1, -1, -1):
-            rank[probes[members, column]] = column + 1
-        picked = np.flatnonzero(home[rows] == cell)
-        need[picked] = rank[home[exact[picked]]]
+    layout = cell_layout(home, nlist)
+    query_cells, neighbour_cells = home[rows][:, None], home[exact]                  # [Q, 1], [Q, K]
     history = []
     for nprobe in ladder:
-        recall = float((need <= nprobe).mean())
+        pairs = cell_pairs(probes[:, :nprobe], layout)                                # [C, C] bool
+        recall = float(pairs[query_cells, neighbour_cells].mean())
         history.append([nprobe, round(recall, 5)])
         if recall >= target:
             break

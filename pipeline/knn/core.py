@@ -20,6 +20,7 @@ from pipeline.contract.errors import DataError
 from pipeline.knn.backends import BACKENDS, torch_threads
 from pipeline.knn.config import KnnConfig, check_config, resolve
 from pipeline.knn.exact import exact_knn, row_distances
+from pipeline.knn.kernels import sort_pairs
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ def build_knn_graph(features: np.ndarray, config: KnnConfig = KnnConfig(),
         if config.pca_dim is not None and config.pca_dim < x.shape[1]:
             searched, extra = pca_project(x, config.pca_dim, config.pca_sample, config.seed, config.threads)
             width = min(max(config.pca_width, width), x.shape[0])
-        _, candidates = backend.search(searched, width)                   # [N, width]
-        indices, distances = best_k(x, candidates, config.k, config.threads)
+        found, candidates = backend.search(searched, width)               # [N, width]
+        measured = found if backend.exact_distances and searched is x else None
+        indices, distances = best_k(x, candidates, config.k, config.threads, measured)
     if config.metric == "cosine":
         distances = (0.5 * distances.astype(np.float64) ** 2).astype(np.float32)
     seconds = time.perf_counter() - start
@@ -120,26 +122,26 @@ def pca_project(x: np.ndarray, dim: int, sample: int, seed: int,
 
 
 def sort_rows(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by (distance, index): a stable tie-break on the lower index."""
-    by_index = np.argsort(indices, axis=1, kind="stable")
-    indices = np.take_along_axis(indices, by_index, axis=1)
-    distances = np.take_along_axis(distances, by_index, axis=1)
-    by_distance = np.argsort(distances, axis=1, kind="stable")
-    return (np.take_along_axis(indices, by_distance, axis=1),
-            np.take_along_axis(distances, by_distance, axis=1))
+    """Sort each row by (distance, index): a stable tie-break on the lower index; index -1 goes last."""
+    return sort_pairs(indices, distances)
 
 
-def best_k(x: np.ndarray, candidates: np.ndarray, k: int,
-           threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def best_k(x: np.ndarray, candidates: np.ndarray, k: int, threads: int | None = None,
+           distances: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[N, M] backend candidates (may hold the row itself, -1 or repeats) -> the K best by (distance, index).
 
-    Rows left with fewer than K distinct neighbours, and rows whose K-th distance ties the last
-    candidate (equal points may lie beyond the candidates), are searched exactly.
+    `distances` [N, M], when the backend measured them as pair_distances does (float64 sums over the
+    features), are used as they are; else they are measured here. Rows left with fewer than K
+    distinct neighbours, and rows whose K-th distance ties the last candidate (equal points may lie
+    beyond the candidates), are searched exactly.
     """
     n, width = candidates.shape
     candidates = np.where(candidates == np.arange(n)[:, None], -1, candidates.astype(np.int64))  # [N, M]
-    distances = row_distances(x, candidates, threads=threads)                               # [N, M], -1: inf
-    candidates, distances = sort_rows(candidates, distances)
+    if distances is None:
+        distances = row_distances(x, candidates, threads=threads)                           # [N, M], -1: inf
+    else:
+        distances = np.where(candidates < 0, np.inf, distances).astype(np.float32)
+    candidates, distances = sort_pairs(candidates, distances)
     repeated = (candidates[:, 1:] == candidates[:, :-1]) & (candidates[:, 1:] >= 0)
     bad = (candidates[:, :k] < 0).any(axis=1) | repeated.any(axis=1)
     if width > k and width < n - 1:

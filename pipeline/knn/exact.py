@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.knn.backends import (KnnBackend, register_backend, run_parallel, torch_device, torch_threads,
                                    workers)
-from pipeline.knn.kernels import pair_distances, smallest_per_row
+from pipeline.knn.kernels import pair_distances, smallest_per_row, sort_pairs
 
 REFINE_MARGIN = 8           # extra float32 candidates re-ranked in float64
 BLOCK_ELEMENTS = 1 << 23    # distance-matrix elements per block and thread on the CPU (32 MiB float32)
@@ -71,9 +71,7 @@ def exact_knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, exclude_
 def rerank(x: np.ndarray, q_rows: np.ndarray, cand: np.ndarray, k: int, exclude_self: bool,
            complete: bool) -> np.ndarray:
     """[B, M] candidates -> [B, k] by (float64 distance, index); ties reaching the margin: all points."""
-    from pipeline.knn.core import sort_rows
-
-    cand, dist = sort_rows(cand, pair_distances(x, q_rows, cand, np.float64))        # [B, M]
+    cand, dist = sort_pairs(cand, pair_distances(x, q_rows, cand, np.float64))       # [B, M]
     best = cand[:, :k].copy()
     if not complete:
         # A tie at the K-th distance that reaches the last candidate may continue beyond the

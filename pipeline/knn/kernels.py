@@ -70,3 +70,30 @@ def pair_distances(x: np.ndarray, rows: np.ndarray, indices: np.ndarray, dtype: 
         out[:] = np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))
         out[indices < 0] = np.inf
     return out.astype(dtype, copy=False)
+
+
+def sort_pairs(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by (distance, index), index -1 last -> (indices [n, w] int64, distances [n, w]) copies."""
+    indices = np.array(indices, dtype=np.int64, order="C")
+    distances = np.array(distances, order="C")
+    kernels = _compiled()
+    if kernels is not None:
+        kernels.sort_pairs(indices, distances)
+        return indices, distances
+    missing = indices < 0  # pragma: no cover - fallback without numba
+    key_i = np.where(missing, np.iinfo(np.int64).max, indices)
+    order = np.argsort(key_i, axis=1, kind="stable")
+    key_d = np.take_along_axis(np.where(missing, np.inf, distances), order, 1)
+    order = np.take_along_axis(order, np.argsort(key_d, axis=1, kind="stable"), 1)
+    return np.take_along_axis(indices, order, 1), np.take_along_axis(distances, order, 1)
+
+
+def merge_block(scores: np.ndarray, row_sq: np.ndarray, first_a: int, first_b: int, values: np.ndarray,
+                indices: np.ndarray) -> None:
+    """Offer the squared distances scores [ma, mb] + row_sq[:, None] of rows first_a.. and columns
+    first_b.. to both sides' sorted running lists values/indices [N, w] (in place; needs numba)."""
+    kernels = _compiled()
+    if kernels is None:  # pragma: no cover - numba comes with pynndescent
+        raise RuntimeError("the symmetric blocked search needs numba")
+    kernels.merge_block(np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(row_sq),
+                        first_a, first_b, values, indices)

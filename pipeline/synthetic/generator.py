@@ -49,7 +49,7 @@ class SyntheticConfig:
     seed: int = 0
     num_classes: int = 7  # 7 or 8 (8 adds contempt)
     blend_share: float = 0.2  # share of samples blending two expressions
-    min_intensity: float = 0.3  # subtle ...
+    min_intensity: float = 0.4  # subtle ...
     max_intensity: float = 1.0  # ... to full
     max_rotation_deg: float = 20.0
     num_identities: int = 16  # identity i uses source photo i % num_sources
@@ -70,7 +70,7 @@ class SyntheticConfig:
             "0 <= min_intensity <= max_intensity <= 1": 0 <= self.min_intensity <= self.max_intensity <= 1,
             "0 <= max_rotation_deg <= 45": 0 <= self.max_rotation_deg <= 45,
             "num_identities >= 1": self.num_identities >= 1,
-            "num_sources >= 1": self.num_sources >= 1,
+            f"1 <= num_sources <= {num_references()}": 1 <= self.num_sources <= num_references(),
             "0.1 <= min_eye_distance <= max_eye_distance <= 0.5":
                 0.1 <= self.min_eye_distance <= self.max_eye_distance <= 0.5,
         }
@@ -138,7 +138,7 @@ def generate_sample(config: SyntheticConfig, index: int) -> SyntheticSample:
     weights = class_weights(config.num_classes, _label(config, index), rng, config.blend_share)
     intensity = float(rng.uniform(config.min_intensity, config.max_intensity))
     identity = int(rng.integers(config.num_identities))
-    ref = reference(identity % min(num_references(), config.num_sources))
+    ref = reference(identity % config.num_sources)
     expr = expression(weights, intensity, ref.side)
     offset, gain = identity_morph(ref.neutral, config.seed, identity, config.identity_strength)
     face = untangle(ref.neutral + offset + expr.field)  # [68, 2] face units

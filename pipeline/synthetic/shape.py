@@ -22,35 +22,39 @@ def identity_morph(base: np.ndarray, seed: int, identity: int, strength: float) 
     u = rng.uniform(-1.0, 1.0, size=14) * strength  # [14]
     offset = np.zeros((68, 2))  # [68, 2]
     mid = base[27:31, 0].mean()  # face midline x
-    offset[0:17, 0] += (base[0:17, 0] - mid) * 0.11 * u[0]  # jaw width
+    offset[0:17, 0] += (base[0:17, 0] - mid) * 0.125 * u[0]  # jaw width
     lower = base[:, 1] > 0.3  # [68] below the nose bridge
-    offset[lower, 1] += (base[lower, 1] - 0.3) * 0.10 * u[1]  # lower-face length
-    offset[5:12, 1] += np.array([.3, .6, .9, 1, .9, .6, .3]) * 0.05 * u[2]  # chin length
+    offset[lower, 1] += (base[lower, 1] - 0.3) * 0.115 * u[1]  # lower-face length
+    offset[5:12, 1] += np.array([.3, .6, .9, 1, .9, .6, .3]) * 0.06 * u[2]  # chin length
     for eye in _EYES:
         centre = base[eye].mean(0)  # [2]
-        offset[eye] += (base[eye] - centre) * 0.13 * u[3]  # eye size
-        offset[eye, 1] += 0.025 * u[4]  # eye height against brows and nose
-    offset[17:27, 1] += 0.055 * u[5]  # brow height
+        offset[eye] += (base[eye] - centre) * 0.15 * u[3]  # eye size
+        offset[eye, 1] += 0.03 * u[4]  # eye height against brows and nose
+    offset[17:27, 1] += 0.065 * u[5]  # brow height
     slant = np.abs(base[17:27, 0] - mid) - 0.25  # [10] >0 outer brow, <0 inner brow
-    offset[17:27, 1] += slant * 0.10 * u[6]  # brow slant (outer end up or down)
-    offset[31:36, 0] += (base[31:36, 0] - mid) * 0.18 * u[7]  # nose width
-    offset[30:36, 1] += 0.05 * u[8]  # nose length
+    offset[17:27, 1] += slant * 0.115 * u[6]  # brow slant (outer end up or down)
+    offset[31:36, 0] += (base[31:36, 0] - mid) * 0.21 * u[7]  # nose width
+    offset[30:36, 1] += 0.06 * u[8]  # nose length
     mouth_mid = base[_MOUTH, 0].mean()
-    offset[_MOUTH, 0] += (base[_MOUTH, 0] - mouth_mid) * 0.10 * u[9]  # mouth width
-    offset[_MOUTH, 1] += 0.04 * u[10]  # mouth height
-    offset[49:54, 1] -= 0.02 * u[11] * np.array([.5, 1, .8, 1, .5])  # upper lip thickness
-    offset[55:60, 1] += 0.02 * u[11] * np.array([.5, 1, 1, 1, .5])  # lower lip thickness
+    offset[_MOUTH, 0] += (base[_MOUTH, 0] - mouth_mid) * 0.115 * u[9]  # mouth width
+    offset[_MOUTH, 1] += 0.045 * u[10]  # mouth height
+    offset[49:54, 1] -= 0.023 * u[11] * np.array([.5, 1, .8, 1, .5])  # upper lip thickness
+    offset[55:60, 1] += 0.023 * u[11] * np.array([.5, 1, 1, 1, .5])  # lower lip thickness
     tone = 0.82 + 0.18 * u[12]
     gain = tone * np.array([1.0, 0.97 + 0.03 * u[13], 0.94 + 0.06 * u[13]])  # [3]
     return offset, gain
 
 
 def untangle(points: np.ndarray) -> np.ndarray:
-    """Keep lips from crossing and eyelids from closing past each other (face units, in place)."""
+    """Keep lips from crossing, eyelids from closing past each other and the upper lip below the nose
+    (face units, in place)."""
     for up, low in _LIP_PAIRS:
         if points[low, 1] < points[up, 1]:
             points[[up, low], 1] = points[[up, low], 1].mean()
         points[up - 11, 1] = min(points[up - 11, 1], points[up, 1] - 0.03)  # outer upper lip (50..52)
     for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
         points[lower, 1] = max(points[lower, 1], points[upper, 1] + 0.05)
+    base = points[31:36, 1].max()  # a raised or lifted upper lip stays below the nose
+    points[49:54, 1] = np.maximum(points[49:54, 1], base + 0.05)
+    points[[48, 54], 1] = np.maximum(points[[48, 54], 1], base + 0.07)
     return points

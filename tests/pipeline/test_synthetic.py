@@ -196,6 +196,8 @@ def test_bad_config_and_index_fail_clearly():
         SyntheticConfig(num_classes=6)
     with pytest.raises(ConfigError, match="intensity"):
         SyntheticConfig(max_intensity=1.5)
+    with pytest.raises(ConfigError, match="num_sources"):
+        SyntheticConfig(num_sources=3)
     with pytest.raises(ConfigError, match="outside"):
         generate_sample(SMALL, SMALL.n)
 
@@ -250,9 +252,13 @@ def test_dlib_landmarks_match_the_true_points(measured):
 
 def test_landmarks_carry_the_expression_but_are_no_oracle(measured):
     """Leave-one-out nearest centroid on Procrustes-aligned dlib points, single expressions: well above
-    chance (1/8), well below the 0.93 of generator v1, where landmark neighbours told the class."""
+    chance (1/8), well below the 0.93 of generator v1, where landmark neighbours told the class
+    (bench_synthetic's 1,600 faces: about 0.54 on dlib's points, 0.81 on the true ones)."""
     accuracy, per_class, count = criteria.nearest_centroid_accuracy(measured, 8)
     message = (f"nearest-centroid accuracy {accuracy:.3f} over {count} faces, "
                f"per class { {k: round(v, 3) for k, v in per_class.items()} }")
-    assert 0.50 <= accuracy <= 0.88, message
-    assert min(per_class.values()) >= 0.2, message
+    assert 0.45 <= accuracy <= 0.85, message
+    # subtle expressions sit near neutral, so neutral is the most confused class; the others stay well above chance
+    assert min(v for k, v in per_class.items() if k != "neutral") >= 0.3, message
+    on_truth, _, _ = criteria.nearest_centroid_accuracy(measured, 8, use_truth=True)
+    assert 0.6 <= on_truth <= 0.9, f"nearest centroid on the true points {on_truth:.3f}"
