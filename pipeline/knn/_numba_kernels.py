@@ -85,28 +85,34 @@ def merge_block(scores, row_sq, first_a, first_b, values, indices):  # pragma: n
     its own candidate, and each pair inside the cell is seen from both rows already.
     """
     ma, mb = scores.shape
+    w = values.shape[1]
     same = first_a == first_b
+    worst_b = np.empty(mb, dtype=values.dtype)          # the columns' current last values, in order
+    for j in range(mb):
+        worst_b[j] = values[first_b + j, w - 1]
     for i in range(ma):
         row_a = first_a + i
         base = row_sq[i]
+        worst_a = values[row_a, w - 1]
         for j in range(mb):
-            if same and i == j:
-                continue
             v = scores[i, j] + base
-            row_b = first_b + j
-            _offer(values, indices, row_a, v, row_b)
-            if not same:
-                _offer(values, indices, row_b, v, row_a)
+            if v <= worst_a and not (same and i == j):
+                if _offer(values, indices, row_a, v, first_b + j):
+                    worst_a = values[row_a, w - 1]
+            if not same and v <= worst_b[j]:
+                if _offer(values, indices, first_b + j, v, row_a):
+                    worst_b[j] = values[first_b + j, w - 1]
 
 
 @numba.njit(nogil=True, inline="always")
 def _offer(values, indices, row, v, candidate):  # pragma: no cover - compiled
+    """Insert (v, candidate) into row's sorted list when it sorts before the last -> whether it did."""
     w = values.shape[1]
     last_v = values[row, w - 1]
     if v != v or v > last_v:
-        return
+        return False
     if v == last_v and indices[row, w - 1] >= 0 and candidate >= indices[row, w - 1]:
-        return
+        return False
     k = w - 1
     while k > 0 and (values[row, k - 1] > v or (values[row, k - 1] == v and indices[row, k - 1] > candidate)):
         values[row, k] = values[row, k - 1]
@@ -114,3 +120,4 @@ def _offer(values, indices, row, v, candidate):  # pragma: no cover - compiled
         k -= 1
     values[row, k] = v
     indices[row, k] = candidate
+    return True

@@ -53,7 +53,7 @@ from pipeline.registry import Registry
 log = logging.getLogger(__name__)
 
 STAGE = "detect_align"
-STAGE_VERSION = "1.0.0"
+STAGE_VERSION = "1.1.0"  # 1.1: boxes clipped, padding-heavy crops rejected, EXIF and 16-bit images read right
 USABLE_STATUSES = ("ok", "multi_face")
 MIN_CROP_COVERAGE = 0.5   # a crop less than half inside its image is mostly padding: not a face crop
 
