@@ -37,14 +37,41 @@ def parse_set(item: str) -> tuple[str, object]:
     return key, parse_value(raw)
 
 
+class TypedText(str):
+    """A value typed on the command line: its text, and `parsed`, the text read as YAML.
+
+    A field annotated `str` takes the text as typed (so `--set version=0012` stays '0012') unless it reads as a
+    list or mapping; every other field, and every untyped container, takes the YAML value.
+    """
+
+    parsed: object
+
+    def __new__(cls, text: str, parsed: object) -> TypedText:
+        obj = super().__new__(cls, text)
+        obj.parsed = parsed
+        return obj
+
+
 def parse_value(raw: object) -> object:
-    """A command-line string read as YAML ('8' -> 8, 'abc' -> 'abc', '[1, 2]' -> [1, 2]); others unchanged."""
-    if not isinstance(raw, str):
+    """A command-line string read as YAML ('8' -> 8, 'abc' -> 'abc', '[1, 2]' -> [1, 2]), kept with its text."""
+    if not isinstance(raw, str) or isinstance(raw, TypedText):
         return raw
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        return raw                       # not YAML: keep the text; coercion reports a wrong type
+        parsed = raw                     # not YAML: keep the text; coercion reports a wrong type
+    return TypedText(raw, parsed)
+
+
+def plain(value: object) -> object:
+    """`value` with every TypedText replaced by its YAML value (for untyped places and fingerprints)."""
+    if isinstance(value, TypedText):
+        return plain(value.parsed)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
 
 
 def set_dotted(values: dict, key: str, value: object) -> dict:
@@ -163,6 +190,8 @@ def _sequence(value: object, hint, key: str) -> tuple | list:
         items = [coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args))]
     elif args:
         items = [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
+    else:
+        items = [plain(v) for v in items]
     return tuple(items) if origin is tuple else items
 
 
@@ -184,8 +213,14 @@ def _union(value: object, args: tuple, key: str, hint):
 
 def coerce(value: object, hint, key: str):
     """`value` converted to the annotated type `hint` (ConfigError naming `key` when it cannot be)."""
+    if isinstance(value, TypedText):
+        args = typing.get_args(hint) if typing.get_origin(hint) in _UNION_TYPES else (hint,)
+        only_text = [a for a in args if a is not type(None)] == [str]       # str or str | None
+        if only_text and value.parsed is not None and not isinstance(value.parsed, (list, dict)):
+            return str(value)             # the text as typed (a list or mapping is still a wrong type)
+        value = value.parsed
     if hint is typing.Any or hint is object:
-        return value
+        return plain(value)
     origin = typing.get_origin(hint)
     if origin in _UNION_TYPES:
         return _union(value, typing.get_args(hint), key, hint)
@@ -207,7 +242,7 @@ def coerce(value: object, hint, key: str):
         args = typing.get_args(hint)
         if len(args) == 2:
             return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-        return dict(value)
+        return plain(dict(value))
     return _scalar(value, hint, key)
 
 

@@ -15,6 +15,7 @@ from pipeline.contract.config import (
     merge,
     overrides_to_dict,
     parse_set,
+    plain,
 )
 from pipeline.contract.errors import ConfigError
 
@@ -76,13 +77,17 @@ def test_coercion_keeps_values_that_fit_and_converts_text():
 
 
 def test_set_parser_and_merge():
-    assert parse_set("graphs.k=8") == ("graphs.k", 8)
-    assert parse_set("noise.variants=[sym-0.30, asym-0.20]") == ("noise.variants", ["sym-0.30", "asym-0.20"])
-    assert parse_set("root=") == ("root", "")
+    def parsed(item):                     # the YAML value beside the text as typed
+        key, value = parse_set(item)
+        return key, plain(value)
+
+    assert parsed("graphs.k=8") == ("graphs.k", 8) and parse_set("graphs.k=8")[1] == "8"
+    assert parsed("noise.variants=[sym-0.30, asym-0.20]") == ("noise.variants", ["sym-0.30", "asym-0.20"])
+    assert parsed("root=") == ("root", "")
     for bad in ("graphs.k", "=3", "a..b=1"):
         with pytest.raises(ConfigError, match="not KEY=VALUE"):
             parse_set(bad)
-    assert overrides_to_dict(["a.b=1", "a.c=2", "a.b=3"]) == {"a": {"b": 3, "c": 2}}
+    assert plain(overrides_to_dict(["a.b=1", "a.c=2", "a.b=3"])) == {"a": {"b": 3, "c": 2}}
     with pytest.raises(ConfigError, match="'a' is a value, not a section"):
         overrides_to_dict(["a=1", "a.b=2"])
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}}
@@ -137,3 +142,22 @@ def test_training_uses_the_same_builder():
         resolve_config("baseline", "synthetic", "clean", None, [("epochs", "many")])
     with pytest.raises(ConfigError, match="config key 'optim.lr': cannot use 'fast' as float"):
         resolve_config("baseline", "synthetic", "clean", None, [("optim.lr", "fast")])
+
+
+def test_a_string_field_takes_the_text_as_typed_and_other_fields_its_yaml_value():
+    from dataclasses import dataclass
+
+    from pipeline.contract.config import build_dataclass, overrides_to_dict
+
+    @dataclass(frozen=True)
+    class Fields:
+        version: str = "latest"
+        k: int = 8
+        spaces: tuple = ("au",)
+        options: dict | None = None
+
+    values = overrides_to_dict(["version=0000000000000012", "k=16", "spaces=[au, va]", "options={n: 3}"])
+    built = build_dataclass(Fields, values)
+    assert built.version == "0000000000000012" and type(built.version) is str
+    assert built.k == 16 and built.spaces == ("au", "va") and built.options == {"n": 3}
+    assert type(built.options["n"]) is int

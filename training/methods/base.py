@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.contract.config import build_dataclass
 from pipeline.contract.errors import ConfigError, choices_message
 
 
@@ -84,7 +85,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         if config is None:
             return cls.config_class()
         if isinstance(config, dict):
-            return cls.config_class(**config)
+            return build_dataclass(cls.config_class, config, prefix=f"method.{cls.name}")
         raise ConfigError(f"{cls.name} config must be a {cls.config_class.__name__} or a dict, "
                           f"got {type(config).__name__}")
 
