@@ -54,7 +54,7 @@ class BlockedIvfBackend(KnnBackend):
                            device, threads)                                              # [C, D]
         if config.ivf_nprobe == "auto":
             history: list = []
-            sample = tune_sample(x, config.k, config.tune_queries, config.seed + 1, threads)
+            sample = tune_sample(x, config.k, config.tune_queries, config.seed + 1, threads, device)
             for ladder in (NPROBE_LADDER, EXTRA_LADDER):
                 ladder = sorted({p for p in ladder if p < nlist} | {min(nlist, ladder[-1])})
                 probes = nearest_cells(x, centroids, ladder[-1], device, threads)        # [N, P]
@@ -135,13 +135,13 @@ def _nearest_cells_torch(x: np.ndarray, centroids: np.ndarray, p: int, device: s
     return out
 
 
-def tune_sample(x: np.ndarray, k: int, n_queries: int, seed: int,
-                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def tune_sample(x: np.ndarray, k: int, n_queries: int, seed: int, threads: int | None = None,
+                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """A seeded query sample and its exact K nearest rows -> (rows [Q], neighbours [Q, K])."""
     from pipeline.knn.recall import recall_sample
 
     rows = recall_sample(x.shape[0], n_queries, seed)                                # [Q]
-    return rows, exact_knn(x, k, queries=rows, device="cpu", threads=threads)       # [Q, K]
+    return rows, exact_knn(x, k, queries=rows, device=device, threads=threads)      # [Q, K]
 
 
 def tune_nprobe(probes: np.ndarray, rows: np.ndarray, exact: np.ndarray, ladder: list[int],

@@ -39,7 +39,7 @@ class KnnConfig:
     ivf_nlist: int | None = None          # None: blocked-ivf 2 sqrt(N) (1095 at 300K), faiss 4 sqrt(N)
     ivf_nprobe: int | str = "auto"        # 'auto': smallest ladder step reaching target_recall on a sample
     target_recall: float = 0.995          # recall@K that nprobe='auto' aims for, on a seeded query sample
-    tune_queries: int = 1000              # queries of that sample (drawn with seed + 1)
+    tune_queries: int = 500               # queries of that sample (drawn with seed + 1)
     ivf_kmeans_iters: int = 6             # k-means iterations of the coarse quantiser
     ivf_train_per_list: int = 16          # k-means trains on at most this many points per cell
     # pynndescent: n_neighbors of the NN-descent heap (>= k + 1); more gives higher recall, slower.

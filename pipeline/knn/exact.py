@@ -15,7 +15,7 @@ from pipeline.knn.kernels import pair_distances, smallest_per_row, sort_pairs
 
 REFINE_MARGIN = 8           # extra float32 candidates re-ranked in float64
 BLOCK_ELEMENTS = 1 << 23    # distance-matrix elements per block and thread on the CPU (32 MiB float32)
-GPU_BLOCK_ELEMENTS = 1 << 28
+GPU_BLOCK_ELEMENTS = 1 << 30    # on CUDA: 4 GiB of float32 scores per block
 
 
 @register_backend("exact")

