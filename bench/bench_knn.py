@@ -51,8 +51,8 @@ CASES = {   # name -> (kind, KnnConfig fields, dims)
     "blocked-ivf-pca64": ("project", {"backend": "blocked-ivf", "pca_dim": 64}, (136,)),
     "pynndescent-nn12": ("project", {"backend": "pynndescent", "nnd_neighbors": 12}, (35, 136)),
 }
-DEFAULT_CASES = ["pair", "blocked-ivf", "faiss-ivf", "pynndescent", "blocked-ivf-4sqrt", "blocked-ivf-pca32",
-                 "blocked-ivf-pca64", "exact"]
+DEFAULT_CASES = ["pair", "blocked-ivf", "faiss-ivf", "pynndescent", "pynndescent-nn12", "blocked-ivf-4sqrt",
+                 "blocked-ivf-pca32", "blocked-ivf-pca64", "exact"]
 
 
 def cpu_seconds() -> float:

@@ -23,7 +23,11 @@ import numpy as np
 
 from pipeline.contract.classes import CANONICAL_CLASSES
 from pipeline.synthetic import criteria
-from pipeline.synthetic.generator import SYNTHETIC_VERSION, SyntheticConfig, generate_sample
+from pipeline.synthetic.generator import (
+    SYNTHETIC_VERSION,
+    SyntheticConfig,
+    generate_sample,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -134,7 +138,7 @@ def cnn_check(config: SyntheticConfig, size: int = 64, epochs: int = 20, seed: i
     return {"cnn_test_accuracy": curve[-1], "cnn_curve": curve, "cnn_epochs": epochs,
             "cnn_train_seconds": time.perf_counter() - start, "cnn_train_cpu_seconds": time.process_time() - cpu_start,
             "cnn_torch_threads": torch.get_num_threads(), "cnn_crop_seconds": crop_seconds,
-            "cnn_train": int(len(train_idx)), "cnn_test": int(len(test_idx)), "cnn_size": size,
+            "cnn_train": len(train_idx), "cnn_test": len(test_idx), "cnn_size": size,
             "cnn_num_classes": config.num_classes, "cnn_load_average": os.getloadavg()}
 
 
@@ -145,24 +149,27 @@ def table(result: dict) -> str:
     lines = ["| class | HOG detected | nearest centroid (dlib points) | nearest centroid (true points) |",
              "| --- | --- | --- | --- |"]
     lines += [f"| {c} | {det[c]:.3f} | {ncd[c]:.3f} | {nct[c]:.3f} |" for c in names]
-    lines += [f"| **all** | {result['detection_overall']:.3f} | {result['nearest_centroid_dlib']:.3f} "
-              f"| {result['nearest_centroid_true_points']:.3f} |", ""]
+    lines += [(f"| **all** | {result['detection_overall']:.3f} | {result['nearest_centroid_dlib']:.3f} "
+               f"| {result['nearest_centroid_true_points']:.3f} |"), ""]
+    sources = ", ".join(f"{k} detected {v['detected']:.3f}, NME {v['nme_mean']:.4f}"
+                        for k, v in result["per_source"].items())
+    load = ", ".join(f"{v:.2f}" for v in result["load_average"])
     lines += [
-        f"- dlib NME (outer eye corners): mean {result['nme_mean']:.4f}, p90 {result['nme_p90']:.4f}, "
-        f"max {result['nme_max']:.4f}",
-        f"- per source photo: " + ", ".join(f"{k} detected {v['detected']:.3f}, NME {v['nme_mean']:.4f}"
-                                            for k, v in result["per_source"].items()),
-        f"- nearest centroid, blends included: {result['nearest_centroid_dlib_with_blends']:.3f} "
-        f"({result['nearest_centroid_faces_with_blends']} faces; singles: {result['nearest_centroid_faces']})",
-        f"- nearest centroid as generator v1 measured it (dlib points, singles at intensity >= 0.5; v1: 0.93): "
-        f"{result['nearest_centroid_dlib_intensity_0.5']:.3f} ({result['nearest_centroid_faces_intensity_0.5']} faces)",
+        (f"- dlib NME (outer eye corners): mean {result['nme_mean']:.4f}, p90 {result['nme_p90']:.4f}, "
+         f"max {result['nme_max']:.4f}"),
+        f"- per source photo: {sources}",
+        (f"- nearest centroid, blends included: {result['nearest_centroid_dlib_with_blends']:.3f} "
+         f"({result['nearest_centroid_faces_with_blends']} faces; singles: {result['nearest_centroid_faces']})"),
+        ("- nearest centroid as generator v1 measured it (dlib points, singles at intensity >= 0.5; v1: 0.93): "
+         f"{result['nearest_centroid_dlib_intensity_0.5']:.3f} "
+         f"({result['nearest_centroid_faces_intensity_0.5']} faces)"),
         f"- 8 nearest landmark neighbours of the same class (dlib points): {result['knn8_same_class_dlib']:.3f}",
-        f"- shape spread (face units, RMS per point): identities {result['shape_spread_identity_rms']:.4f}, "
-        f"full expression {result['shape_spread_full_expression_rms']:.4f}, drawn expression "
-        f"{result['shape_spread_drawn_expression_rms']:.4f}",
-        f"- generation {result['generate_ms_per_image']:.1f} ms wall, "
-        f"{result.get('generate_cpu_ms_per_image', float('nan')):.1f} ms CPU per {result['config']['size']} px image "
-        f"(load average {', '.join(f'{v:.2f}' for v in result['load_average'])})",
+        (f"- shape spread (face units, RMS per point): identities {result['shape_spread_identity_rms']:.4f}, "
+         f"full expression {result['shape_spread_full_expression_rms']:.4f}, drawn expression "
+         f"{result['shape_spread_drawn_expression_rms']:.4f}"),
+        (f"- generation {result['generate_ms_per_image']:.1f} ms wall, "
+         f"{result.get('generate_cpu_ms_per_image', float('nan')):.1f} ms CPU per "
+         f"{result['config']['size']} px image (load average {load})"),
     ]
     return "\n".join(lines)
 

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, RESULTS / f"{name}.png", f"baseline, {Path(args.config).name}, synthetic {version.version} "
                                            f"(n={args.n}), seed {args.seed}")
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2, default=str))
-    print(f"noise harness on this version: FER_ARTIFACTS={version.artifacts_root} FER_MANIFESTS={version.manifests_root}")
+    print(f"noise harness on this version: FER_ARTIFACTS={version.artifacts_root} "
+          f"FER_MANIFESTS={version.manifests_root}")
     return 0
 
 

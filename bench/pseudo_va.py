@@ -61,7 +61,8 @@ def samples_va(version_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     path = Path(version_dir) / "samples.parquet"
     table = read_table(path, ["sample_id", "split", "label", "valence", "arousal"])
-    va = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("valence", "arousal")], 1)
+    va = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                   for c in ("valence", "arousal")], 1)                       # [N, 2]
     order = np.argsort(table.column("sample_id").to_numpy())
     split = np.asarray(table.column("split").to_pylist(), dtype=object)[order]
     label = table.column("label").to_numpy()[order]
@@ -126,7 +127,7 @@ def _synthetic_faces(apply_n: int, crop: int) -> tuple[dict, np.ndarray]:
 
 
 def write_rafdb_root(root: Path, apply_n: int) -> Path:
-    """RAF-DB basic layout (EmoLabel/list_patition_label.txt, Image/aligned/*_aligned.jpg 100x100) of synthetic faces."""
+    """RAF-DB basic layout (EmoLabel/list_patition_label.txt, 100x100 Image/aligned/*_aligned.jpg) of synthetic faces."""
     from PIL import Image
 
     from pipeline.specs import load_spec

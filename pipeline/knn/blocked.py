@@ -38,7 +38,7 @@ def ivf_nlist(n: int, nlist: int | None, per_sqrt_n: float = 4.0) -> int:
 
 @register_backend("blocked-ivf")
 class BlockedIvfBackend(KnnBackend):
-    """k-means cells + exact search of each cell's queries against the union of probed cells (torch)."""
+    """k-means cells; two cells compared exactly (matrix products) when a member of one probes the other."""
 
     config_fields = ("ivf_nlist", "ivf_nprobe", "target_recall", "tune_queries", "ivf_kmeans_iters",
                      "ivf_train_per_list", "use_gpu")

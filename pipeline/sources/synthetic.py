@@ -24,7 +24,12 @@ from tqdm.auto import tqdm
 from pipeline.contract.classes import class_names
 from pipeline.contract.config import build_dataclass
 from pipeline.contract.errors import ConfigError
-from pipeline.contract.tables import read_table, vectors_to_arrow, vectors_to_numpy, write_table
+from pipeline.contract.tables import (
+    read_table,
+    vectors_to_arrow,
+    vectors_to_numpy,
+    write_table,
+)
 from pipeline.sources.base import SourceRecord, SourceScan
 from pipeline.specs import DatasetSpec
 from pipeline.store.fingerprint import fingerprint

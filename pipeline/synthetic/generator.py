@@ -30,8 +30,17 @@ from pipeline.contract.errors import ConfigError
 from pipeline.synthetic.expressions import class_weights, expression, wrinkle_levels
 from pipeline.synthetic.reference import num_references, reference
 from pipeline.synthetic.render import (
-    apply_affine, background, head_polygons, jaw_shadow, paint_brows, paint_mouth, paint_wrinkles, shade, soft_mask,
-    warp_mesh)
+    apply_affine,
+    background,
+    head_polygons,
+    jaw_shadow,
+    paint_brows,
+    paint_mouth,
+    paint_wrinkles,
+    shade,
+    soft_mask,
+    warp_mesh,
+)
 from pipeline.synthetic.shape import identity_morph, untangle
 
 log = logging.getLogger(__name__)

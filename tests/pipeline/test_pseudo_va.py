@@ -83,7 +83,8 @@ def test_preprocess_resizes_centre_crops_and_normalises():
     assert x.shape == (3, 3, 24, 24) and x.dtype == torch.float32
     resized = torch.nn.functional.interpolate(torch.from_numpy(crops).permute(0, 3, 1, 2).float(), size=(32, 32),
                                               mode="bilinear", antialias=True, align_corners=False).round()
-    expected = (resized[:, :, 4:28, 4:28] / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    expected = (resized[:, :, 4:28, 4:28] / 255 - mean) / std
     torch.testing.assert_close(x, expected)
     same = {"input": {"image_size": 24, "source_size": 40, "mean": MEAN, "std": STD}}
     raw = torch.from_numpy(crops[:, 8:32, 8:32]).permute(0, 3, 1, 2).float() / 255

@@ -15,7 +15,13 @@ from pipeline.contract.classes import AU_INTENSITY_NAMES, CANONICAL_CLASSES
 from pipeline.contract.errors import ConfigError
 from pipeline.synthetic import criteria
 from pipeline.synthetic.expressions import CLASS_VA
-from pipeline.synthetic.generator import SYNTHETIC_VERSION, SyntheticConfig, generate, generate_sample, split_of
+from pipeline.synthetic.generator import (
+    SYNTHETIC_VERSION,
+    SyntheticConfig,
+    generate,
+    generate_sample,
+    split_of,
+)
 from pipeline.synthetic.reference import SOURCE_NAMES
 
 SMALL = SyntheticConfig(n=16, size=96, seed=5, num_classes=8)
@@ -175,7 +181,7 @@ def test_mesh_never_folds():
         ref = reference(k)
         tri = ref.triangles
 
-        def signed_area(points):
+        def signed_area(points, tri=tri):
             a, b, c = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
             return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
@@ -205,7 +211,11 @@ def test_bad_config_and_index_fail_clearly():
 def test_adapter_carries_boxes_points_and_va(tmp_path):
     """samples.parquet has given_bbox / given_landmarks (so faces=given, landmarks=provided work) and VA."""
     from pipeline.contract.tables import vectors_to_numpy
-    from pipeline.geometry import template_points, transform_from_box, transform_from_points
+    from pipeline.geometry import (
+        template_points,
+        transform_from_box,
+        transform_from_points,
+    )
     from pipeline.sources import prepare_source
 
     result = prepare_source("synthetic", tmp_path, overrides={"n": 14, "size": 96}, progress=False)

@@ -56,7 +56,8 @@ def test_soft_warms_up_for_six_epochs_by_default():
 def test_ldlva_uses_the_authors_resnet18_rafdb_steps():
     config = resolve_config("ldlva")
     assert (config.optim.name, config.optim.lr, config.model.backbone) == ("adam", 1e-3, "resnet18")
-    assert (config.schedule.name, tuple(config.schedule.milestones), config.schedule.gamma) == ("step", (10, 20, 40), 0.1)
+    s = config.schedule
+    assert (s.name, tuple(s.milestones), s.gamma) == ("step", (10, 20, 40), 0.1)
     lrs = _lr_curve(config, steps_per_epoch=2)
     for epoch, expected in ((0, 1e-3), (9, 1e-3), (10, 1e-4), (19, 1e-4), (20, 1e-5), (40, 1e-6), (59, 1e-6)):
         assert lrs[2 * epoch] == pytest.approx(expected), epoch
@@ -83,7 +84,7 @@ def test_every_bundled_config_resolves():
                 layer = flatten(common) + flatten(per_method.get(method) or {})
                 resolve_config(method, overrides=layer)
         else:
-            base = "ldlva" if path.stem.startswith("ldlva") else "lanet" if path.stem.startswith("lanet") else "baseline"
+            base = next((m for m in ("ldlva", "lanet") if path.stem.startswith(m)), "baseline")
             resolve_config(base, config_file=path)
 
 
