@@ -17,6 +17,7 @@ Adding a backend is one decorated class:
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ from pipeline.registry import Registry
 TIE_MARGIN = 4      # extra candidates asked of approximate backends, so ties and rounding resolve stably
 
 
-class KnnBackend:
+class KnnBackend(abc.ABC):
     """Base class: `search(x, width) -> (D, I)` over the rows of x (self-join)."""
 
     config_fields: ClassVar[tuple[str, ...]] = ()   # KnnConfig fields that matter to this backend
@@ -45,8 +46,9 @@ class KnnBackend:
     def check(cls, config) -> None:
         """Raise ConfigError on settings this backend cannot use (called before any work)."""
 
+    @abc.abstractmethod
     def search(self, x: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """[N, D] float32 -> (D [N, width] distances, I [N, width] int64 row indices, self excluded)."""
 
 
 BACKENDS: Registry[type[KnnBackend]] = Registry("KNN backend")

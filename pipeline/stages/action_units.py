@@ -22,6 +22,7 @@ own temporary folder.
 """
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass, field
 
@@ -229,17 +230,17 @@ def au_table(sample_ids: np.ndarray, intensity: np.ndarray, presence: np.ndarray
     }, schema=AU_SCHEMA)
 
 
-class AUBackend:
+class AUBackend(abc.ABC):
     """One AU backend: `check` (before any crop), then `run` over a shard."""
 
     @classmethod
     def check(cls, config: AUConfig) -> None:
         """Raise ConfigError / BackendMissingError when this backend cannot run with config."""
 
+    @abc.abstractmethod
     def run(self, crops: np.ndarray | None, landmarks: np.ndarray | None, count: int,
             config: AUConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """-> (intensity [count, 17], presence [count, 18], {row: quarantine reason})."""
-        raise NotImplementedError
 
 
 @register_backend("estimate")

@@ -130,8 +130,8 @@ class FaceBackend:
     def detect(self, row: dict, image: np.ndarray, config: AlignConfig) -> FaceResult:
         height, width = image.shape[:2]
         result = self.plan(row, width, height, config)
-        if result is None:
-            raise NotImplementedError(f"{type(self).__name__} has neither plan nor detect")
+        if result is None:   # a backend that plans from the row alone must plan every row
+            raise TypeError(f"face backend {type(self).__name__} defines neither plan() for this row nor detect()")
         return result
 
 

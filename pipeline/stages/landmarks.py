@@ -22,6 +22,7 @@ concurrent caller; torch models one per process behind a lock.
 """
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ def _require_file(value: str | None, key: str, what: str) -> str:
     return str(value)
 
 
-class LandmarkBackend:
+class LandmarkBackend(abc.ABC):
     """One landmark backend: `check` (before any crop), then `run` over a shard's crops."""
 
     @classmethod
@@ -96,9 +97,9 @@ class LandmarkBackend:
     def num_points(self, config: LandmarkConfig) -> int:
         return align.LAYOUT_68
 
+    @abc.abstractmethod
     def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
         """[B, S, S, 3] uint8 crops -> ([B, P, 2] float32 crop pixels, [B] float32 score)."""
-        raise NotImplementedError
 
     def run(self, crops: np.ndarray, sample_ids: np.ndarray, samples: pa.Table | None, faces: pa.Table | None,
             config: LandmarkConfig, progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
