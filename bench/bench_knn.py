@@ -179,8 +179,11 @@ def worker(args, started: float) -> dict:
 
 
 def repeats_for(case: str, args) -> int:
-    """The exact 300K search takes minutes per graph on 2 cores: once is enough to show it."""
-    return 1 if case == "exact" and args.n >= 100_000 else args.repeats
+    """Medians of `--repeats` for the pair and the project-vs-bare comparisons; once for the variants, and
+    for faiss IVF and exact at 300K (each run takes 15-20 minutes on 2 shared cores)."""
+    if CASES[case][0] == "project" or (case in ("exact", "faiss-ivf") and args.n >= 100_000):
+        return 1
+    return args.repeats
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -281,9 +284,15 @@ def main() -> None:
                 runs.append(run_once(case, args, cache))
             summaries.append(summarise(case, runs))
             print_summary(summaries[-1])
+            write_report(args, started, summaries)
+            args.fresh = False                 # later cases merge into what this run wrote
     print("\nsummary (medians of runs in fresh processes; load = 1-min average before each run)")
     for summary in summaries:
         print_summary(summary)
+
+
+def write_report(args, started: str, summaries: list[dict]) -> None:
+    """Save (merged by case and N with the file's earlier results unless --fresh)."""
     report = {"machine": machine(), "data": {"generator": "pipeline.knn.clustered_points", **DATA}, "k": 8,
               "n": args.n, "threads": args.threads, "uptime_start": started, "uptime_end": uptime(),
               "note": "2-core CPU shared with other engineers while measuring: the load average is recorded "
@@ -295,10 +304,11 @@ def main() -> None:
         kept = [s for s in previous.get("results", []) if ("per_dim" in s or "median_pair_wall_s" in s)
                 and (s["case"], s.get("n")) not in fresh]
         report["results"] = kept + summaries
-        report["uptime_start"] = [*_as_list(previous.get("uptime_start")), started]
+        starts = _as_list(previous.get("uptime_start"))
+        report["uptime_start"] = starts if started in starts else [*starts, started]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"saved {args.out}")
+    print(f"saved {args.out}", flush=True)
 
 
 def _as_list(value) -> list:

@@ -31,6 +31,7 @@ How a command is run
        `--set source.n=N` (N = SMALL_N), `pipeline.sources synthetic` gets `--set n=N`, a training run
        `--epochs 1`, a noise benchmark `--set epochs=1 --out <sandbox>/bench-results`; a `make` command
        gets them inside its ARGS="...". In python blocks `source.n=<int>` becomes `source.n=N`.
+  A command typed again (its comment aside) runs once; the repeats reuse its result.
 """
 from __future__ import annotations
 

@@ -130,6 +130,7 @@ def test_faiss_backends_reach_recall(index):
         assert all(recall < 0.995 for _, recall in tuning[:-1])
 
 
+@pytest.mark.slow   # pynndescent's numba compile, cold in a fresh FER_CACHE: minutes on 2 shared cores
 def test_pynndescent_reaches_recall_and_caches_under_fer_cache():
     x = clustered_points(3_000, 16, seed=5)
     graph = build_knn_graph(x, KnnConfig(backend="pynndescent", nnd_neighbors=12))
