@@ -21,7 +21,11 @@ from .readme_commands import (HELP_COMMANDS, ROOT, SMALL_N, Command, help_exampl
 NOT_LINKED = {"artifacts", "runs", "data_manifests", ".git", ".pytest_cache", "__pycache__"}
 TIMEOUT_S = 420
 COMMANDS = readme_commands()
-SLOW = ("make benchmark-noise",)     # see test_readme_command: the 10-cell benchmark runs with -m slow
+# Run with -m slow (they would take the module past ~3 minutes on 2 shared cores): the 10-cell noise
+# benchmark (~1 min) and the trainer's --help examples (~45-65 s: the ResNet-18 224 px paper recipe on a CPU,
+# ldl_alsg with tiny.yaml, a resume), whose paths tests/training covers too.
+SLOW = ("make benchmark-noise",)
+SLOW_HELP = ("python -m training.train --help",)
 
 
 @dataclass
@@ -119,7 +123,8 @@ def _run_python_block(command: Command, box: Sandbox, monkeypatch) -> None:
         assert int(namespace["flips"]["n"].sum()) == int(namespace["labels"]["flipped"].sum()) > 0
 
 
-@pytest.mark.parametrize("help_command", HELP_COMMANDS)
+@pytest.mark.parametrize("help_command", [pytest.param(h, marks=[pytest.mark.slow] if h in SLOW_HELP else [])
+                                          for h in HELP_COMMANDS])
 def test_help_examples(help_command: str, sandbox: Sandbox):
     shown = subprocess.run(["bash", "-c", help_command], cwd=sandbox.root, env=sandbox.env, capture_output=True,
                            text=True, timeout=120, check=False)
@@ -136,14 +141,3 @@ def test_help_examples(help_command: str, sandbox: Sandbox):
     if not runnable:
         pytest.skip(f"{help_command}: no runnable example" + (f"; skipped {skipped}" if skipped else ""))
 
-
-def test_zz_timing_probe(sandbox: Sandbox):  # TEMPORARY
-    import time
-    shown = subprocess.run(["bash", "-c", "python -m training.train --help"], cwd=sandbox.root, env=sandbox.env,
-                           capture_output=True, text=True, check=False)
-    for c in help_examples("x", shown.stdout) + help_examples("y", subprocess.run(["bash", "-c", "python -m flows --help"], cwd=sandbox.root, env=sandbox.env, capture_output=True, text=True, check=False).stdout):
-        if c.skip:
-            continue
-        t, p = time.time(), time.process_time()
-        done = subprocess.run(["bash", "-c", f"/usr/bin/time -f 'TIME %e %U %S' {rewrite(c, sandbox.root, sandbox.version())}"], cwd=sandbox.root, env=sandbox.env, capture_output=True, text=True, check=False)
-        print("PROBE", round(time.time() - t, 1), [l for l in done.stderr.splitlines() if l.startswith("TIME")], c.text[:90])
