@@ -222,13 +222,16 @@ def summarise(case: str, runs: list[dict]) -> dict:
     for i, row in enumerate(ok[0]["graphs"]):
         rows = [r["graphs"][i] for r in ok]
         entry = {"dim": row["dim"], "recall_at_8": row["recall_at_8"]}
-        for key in ("project_wall_s", "project_cpu_s", "bare_wall_s", "bare_cpu_s", "project_fixed_wall_s"):
+        for key in ("project_wall_s", "project_cpu_s", "bare_wall_s", "bare_cpu_s", "project_fixed_wall_s",
+                    "project_fixed_cpu_s"):
             if key in row:
                 values = [r[key] for r in rows]
                 entry[f"median_{key}"], entry[f"best_{key}"] = statistics.median(values), min(values)
         if "bare_wall_s" in row:
             entry["overhead_median"] = round(entry["median_project_fixed_wall_s"] / entry["median_bare_wall_s"] - 1, 3)
             entry["overhead_best"] = round(entry["best_project_fixed_wall_s"] / entry["best_bare_wall_s"] - 1, 3)
+            entry["overhead_cpu_median"] = round(
+                entry["median_project_fixed_cpu_s"] / entry["median_bare_cpu_s"] - 1, 3)
         per_dim.append(entry)
     return {"case": case, "n": ok[0]["n"], "per_dim": per_dim, "median_load_1min": statistics.median(r["load_before"][0] for r in ok),
             "runs": runs}
@@ -248,7 +251,8 @@ def print_summary(summary: dict) -> None:
     for e in summary["per_dim"]:
         bare = (f"  bare {e['median_bare_wall_s']:>7.1f} (best {e['best_bare_wall_s']:.1f})  project same params "
                 f"{e['median_project_fixed_wall_s']:>7.1f}  overhead {100 * e['overhead_median']:+.0f}% "
-                f"(best-of {100 * e['overhead_best']:+.0f}%)") if "median_bare_wall_s" in e else ""
+                f"(best-of {100 * e['overhead_best']:+.0f}%, CPU {100 * e['overhead_cpu_median']:+.0f}%)"
+                ) if "median_bare_wall_s" in e else ""
         print(f"{case:<20}{e['dim']:>5}  project {e['median_project_wall_s']:>7.1f} s (best "
               f"{e['best_project_wall_s']:.1f}, cpu {e['median_project_cpu_s']:.1f})  recall@8 "
               f"{e['recall_at_8']:.4f}{bare}  load {load:.1f}")
@@ -264,10 +268,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fresh", action="store_true", help="replace the JSON instead of merging by case and N")
+    parser.add_argument("--resummarise", action="store_true",
+                        help="recompute the summaries of the runs stored in --out, print them, save")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args, time.perf_counter())))
+        return
+    if args.resummarise:
+        report = json.loads(args.out.read_text())
+        report["results"] = [summarise(s["case"], s["runs"]) for s in report["results"]]
+        for summary in report["results"]:
+            print_summary(summary)
+        args.out.write_text(json.dumps(report, indent=1))
         return
     started = uptime()
     summaries = []

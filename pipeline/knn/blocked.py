@@ -24,8 +24,8 @@ from pipeline.knn.kernels import smallest_per_row
 
 log = logging.getLogger(__name__)
 
-NPROBE_LADDER: tuple[int, ...] = (1, 2, 3, 4, 6, 8)    # extended by EXTRA_LADDER when it falls short
-EXTRA_LADDER: tuple[int, ...] = (12, 16, 24, 32, 48, 64)
+NPROBE_LADDER: tuple[int, ...] = (1, 2, 3, 4)    # extended by EXTRA_LADDER when it falls short
+EXTRA_LADDER: tuple[int, ...] = (6, 8, 12, 16, 24, 32, 48, 64)
 CELLS_PER_SQRT_N = 2.0      # blocked-ivf default nlist = 2 sqrt(N): bench/results/knn.json
 _CHUNK = 16_384             # rows per block when assigning points to cells
 

@@ -70,10 +70,13 @@ def _symmetric_search(data, pairs: np.ndarray, layout, width: int, threads: int 
     values = np.full((n, width), np.inf, dtype=np.float32)
     indices = np.full((n, width), -1, dtype=np.int64)
     locks = [threading.Lock() for _ in range(len(counts))]
-    first, second = np.nonzero(np.triu(pairs))
+    first, second = np.nonzero(np.triu(pairs, k=1))
     keep = (counts[first] > 0) & (counts[second] > 0)
-    # Spread neighbouring pairs over the workers (fewer waits on one cell's lock); any order gives the same lists.
-    jobs = np.random.default_rng(0).permutation(np.stack([first[keep], second[keep]], axis=1))
+    # Any order gives the same lists. Each cell with itself first (its own points are the best
+    # candidates, so the lists' thresholds are tight early and few later entries pass); then the other
+    # pairs spread over the workers, so that two rarely wait on one cell's lock.
+    own = np.flatnonzero(counts)
+    other = np.random.default_rng(0).permutation(np.stack([first[keep], second[keep]], axis=1))
 
     def block(a: int, b: int) -> None:
         sa, ma, sb, mb = int(starts[a]), int(counts[a]), int(starts[b]), int(counts[b])
@@ -87,8 +90,10 @@ def _symmetric_search(data, pairs: np.ndarray, layout, width: int, threads: int 
         for a, b in chunk:
             block(int(a), int(b))
 
-    run_parallel([lambda c=c: task(c) for c in np.array_split(jobs, max(1, len(jobs) // _PAIRS_PER_TASK))],
-                 threads)
+    diagonal = np.stack([own, own], axis=1)
+    for jobs in (diagonal, other):
+        chunks = np.array_split(jobs, max(1, len(jobs) // _PAIRS_PER_TASK))
+        run_parallel([lambda c=c: task(c) for c in chunks], threads)
     return indices
 
 
