@@ -8,7 +8,13 @@ machine is shared by several sessions, so absolute figures move with their load.
 Sections of the output (printed as tables, saved to bench/results/bench_face_stages.json):
 - stages: faces (given boxes | dlib HOG) + dlib landmarks + AU estimates, run serially shard by shard:
   images/s of decode, align (+ detection), landmarks and AUs alone, and each one's share of the time;
-- mappers: the same chain per shard over 1 worker, 2 threads and 2 forked processes;
+- mappers: the same chain per shard (no store) over 1 worker, 2 threads and 2 spawned processes (one
+  thread each, as pipeline.mappers's workers);
+- pipeline: the prepare's own work units (faces -> landmarks -> AUs, each shard's part written to and read
+  from the part store, as pipeline.prepare.run_stage runs them) with the serial, threads and processes
+  mappers: the images/s a prepare's per-image stages reach, store I/O included;
+- decoders: JPEG decode CPU ms/image by Pillow (the project's reader) and OpenCV, full and 1/2 reduced,
+  and whether OpenCV's full decode gives the same pixels;
 - gil: whether dlib's HOG, its shape predictor and JPEG decoding release the GIL (pipeline.models.sharing);
 - sharing: faces+landmarks over 2 threads with dlib models shared unsafely (what main did), every model
   behind one lock, every model pooled, and the kept default (HOG pooled, predictor locked), and whether
@@ -20,6 +26,9 @@ Sections of the output (printed as tables, saved to bench/results/bench_face_sta
 
     .venv/bin/python bench/bench_face_stages.py            # ~4 min on 2 free cores, much longer under load
     .venv/bin/python bench/bench_face_stages.py --quick    # a smoke run
+    .venv/bin/python bench/bench_face_stages.py --sections stages,pipeline   # only these; others kept in the JSON
+
+Also writes bench/results/bench_face_stages.md (the per-stage and mapper tables).
 """
 from __future__ import annotations
 
@@ -148,6 +157,9 @@ def stage_table(root: Path, table: pa.Table, align_config: faces.AlignConfig, re
 
 
 def _process_init(align_config: faces.AlignConfig) -> None:
+    from pipeline.mappers import limit_threads
+
+    limit_threads()
     _warm(align_config)
 
 
@@ -156,7 +168,7 @@ def _chain_args(args: tuple) -> dict[str, float]:
 
 
 def mapper_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig, repeat: int) -> dict:
-    """The chain per shard over 1 worker, 2 threads and 2 forked processes: images/s (wall, median) and
+    """The chain per shard over 1 worker, 2 threads and 2 spawned processes: images/s (wall, median) and
     images per CPU-second of the workers (what 2 free cores could give at most: 2 x that)."""
     shards, n = _shards(table), table.num_rows
     jobs = [(shard, root, align_config) for shard in shards]
@@ -164,7 +176,7 @@ def mapper_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig, r
     _warm(align_config)
     for name in ("serial", "threads-2", "processes-2"):
         if name == "processes-2":
-            context = multiprocessing.get_context("fork")
+            context = multiprocessing.get_context("spawn")
             executor = ProcessPoolExecutor(2, mp_context=context, initializer=_process_init, initargs=(align_config,))
         else:
             executor = ThreadPoolExecutor(1 if name == "serial" else 2)

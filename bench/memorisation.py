@@ -2,9 +2,11 @@
 
     python bench/memorisation.py [--config training/configs/benchmark_memorise_cpu.yaml] [--n 1500]
         [--crop 64] [--noise clean,sym-0.30,asym-0.30] [--seed 0] [--threads 2] [--work /tmp/fer-memorise]
+        [--validation]
 
 Prepares a synthetic version with the real prepare (bench.prepared: given boxes, provided points, exact graphs,
---crop pixel crops, label variants clean / sym-0.30 / asym-0.30) under --work, trains `baseline` with the recipe's
+--crop pixel crops, label variants clean / sym-0.30 / asym-0.30; --validation: the generator's val split)
+under --work, trains `baseline` with the recipe's
 `train` layer on every variant (evaluating every epoch), and checks the regime of issue 13 item 2 on sym-0.30:
   train accuracy on the noisy labels at the end >= clean share + 0.15 (both the last epoch's logged training
       batches and an evaluation-mode pass over the whole training split),
@@ -151,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/fer-memorise")
+    parser.add_argument("--validation", action="store_true",
+                        help="prepare with the generator's val split (train 60%%, val 20%%, test 20%%)")
     parser.add_argument("--name", default=None, help="output stem (default memorisation_<config stem>)")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.noise.split(",") if v.strip()]
     version = prepare_small_version(args.work, n=args.n, crop_size=args.crop, variants=tuple(variants),
-                                    cache=os.environ.get("FER_CACHE"))
+                                    cache=os.environ.get("FER_CACHE"),
+                                    source_options={"validation": True} if args.validation else None)
     load_start = os.getloadavg()
     results = {}
     for variant in variants:
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"memorisation_{Path(args.config).stem.replace('benchmark_memorise_', '')}"
     summary = {"command": "python bench/memorisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "config": str(Path(args.config).relative_to(PROJECT)) if Path(args.config).is_relative_to(PROJECT)
-               else args.config, "dataset_version": version.version, "n": args.n, "seed": args.seed,
+               else args.config, "dataset_version": version.version, "n": args.n,
+               "validation": args.validation, "seed": args.seed,
                "threads": args.threads, "load_average_1min_start_end": [round(load_start[0], 2),
                                                                         round(os.getloadavg()[0], 2)],
                "cpu_count": os.cpu_count(), "checks": checks(results), "results": results}

@@ -56,9 +56,12 @@ def run_prepare(overrides: list[str]) -> dict:
     return run(load_prepare_config(None, list(overrides)), progress=False)
 
 
-def small_overrides(n: int, crop_size: int, variants: tuple[str, ...], seed: int) -> list[str]:
+def small_overrides(n: int, crop_size: int, variants: tuple[str, ...], seed: int,
+                    source_options: dict | None = None) -> list[str]:
     """The prepare overrides of a small synthetic version (see the module docstring)."""
-    return [f"source.n={n}", f"source.seed={seed}", "align.detector=given", f"align.crop_size={crop_size}",
+    extra = [f"source.{key}={str(value).lower() if isinstance(value, bool) else value}"
+             for key, value in sorted((source_options or {}).items())]
+    return extra + [f"source.n={n}", f"source.seed={seed}", "align.detector=given", f"align.crop_size={crop_size}",
             "landmarks.backend=provided", "graphs.backend=exact", f"noise.variants=[{', '.join(variants)}]",
             "report=false", "max_workers=1"]
 
@@ -79,23 +82,24 @@ def _environment(values: dict[str, str]):
 
 def prepare_small_version(root: str | Path, n: int = 160, crop_size: int = 64,
                           variants: tuple[str, ...] = ("clean", "sym-0.30"), seed: int = 0,
-                          cache: str | Path | None = None) -> SmallVersion:
+                          cache: str | Path | None = None, source_options: dict | None = None) -> SmallVersion:
     """Prepare (or find already prepared) a small synthetic version under `root`/{artifacts,manifests}.
 
     `cache` holds the generated images (default `root`/cache); the same images serve every n.
     A second call with the same arguments in one process returns at once; in a new process the
-    prepare itself finds the finished version and recomputes nothing.
+    prepare itself finds the finished version and recomputes nothing. `source_options` are more
+    generator options (e.g. {"validation": True}: a val split).
     """
     import pyarrow.parquet as pq
 
     root = Path(root)
-    key = (str(root.resolve()), n, crop_size, tuple(variants), seed)
+    key = (str(root.resolve()), n, crop_size, tuple(variants), seed, tuple(sorted((source_options or {}).items())))
     if key in _BUILT and _BUILT[key].directory.is_dir():
         return _BUILT[key]
     env = {"FER_ARTIFACTS": str(root / "artifacts"), "FER_MANIFESTS": str(root / "manifests"),
            "FER_CACHE": str(cache or root / "cache")}
     with _environment(env):
-        summary = run_prepare(small_overrides(n, crop_size, tuple(variants), seed))
+        summary = run_prepare(small_overrides(n, crop_size, tuple(variants), seed, source_options))
     directory = Path(summary["path"])
     graphs = tuple(sorted(p.stem for p in (directory / "graphs").glob("*.parquet")))
     rows = pq.ParquetFile(directory / "samples.parquet").metadata.num_rows

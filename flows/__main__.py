@@ -15,8 +15,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from flows.runtime import configure_prefect
+from pipeline.report.build import REPORT_FILE
 
 
 def _add_prepare_args(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +64,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {split:<5} {sum(counts.values()):>7} samples")
     if source.get("quarantine"):
         lines.append(f"  quarantined at source: {source['quarantine']}")
+    report = Path(summary["path"]) / REPORT_FILE
+    if report.is_file():
+        lines.append(f"report    {report}   (open it in a browser)")
     return "\n".join(lines)
 
 

@@ -5,12 +5,15 @@ module only gives it a `PrefectMapper`. Per-image stages run as one task per sha
 with retries on I/O errors (never on a configuration or data error: a retry would give the same answer),
 Prefect caching keyed on the store fingerprint and the shard's keys, and a progress artefact per stage.
 Graphs and noise run as concurrent tasks; the task runner (threads, a Dask LocalCluster, a Dask cluster)
-decides where.
+decides where. With `runner: processes` (the default) and the thread task runner, each shard task hands its
+shard to one of `max_workers` worker processes (pipeline.mappers.WorkerPool) and waits: Prefect keeps the
+caching, retries and progress, the processes get past the GIL. Dask workers are processes already.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from pathlib import Path
 
 from prefect import flow, task
@@ -70,9 +73,27 @@ class PrefectMapper(prepare.ShardMapper):
 
     name = "prefect"
 
+    def __init__(self, processes: int = 0):
+        self.processes, self.pool = processes, None
+
+    def start(self, stages):
+        from pipeline.mappers import WorkerPool, warm_backends
+
+        if self.processes > 1 and self.pool is None:
+            self.pool = WorkerPool(self.processes, warm=partial(warm_backends, stages.align, stages.landmarks,
+                                                                stages.action_units))
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
     def map_shards(self, stage, work, shards, store_dir, refresh=False):
         if not shards:
             return
+        if self.pool is not None and len(shards) > 1:
+            self.pool.start()                  # from the flow's thread: workers live as long as it does
+            work = partial(self.pool.run, work, stage=stage)
         runner = shard_task.with_options(name=f"{_task_name(stage)}-shard", refresh_cache=refresh or None)
         total = sum(s.num_rows for s in shards)
         artifact = create_progress_artifact(progress=0.0,
@@ -96,9 +117,13 @@ class PrefectMapper(prepare.ShardMapper):
 
 
 @flow(name="prepare", log_prints=False)
-def prepare_flow(config: PrepareConfig) -> dict:
-    """Prepare one dataset version; returns a summary with the version id and what was computed."""
-    return prepare.run_prepare(config, PrefectMapper(), progress=True)
+def prepare_flow(config: PrepareConfig, processes: bool = True) -> dict:
+    """Prepare one dataset version; returns a summary with the version id and what was computed.
+
+    `processes`: shards in worker processes when `config.runner` is processes (False under Dask).
+    """
+    workers = config.max_workers if processes and config.runner == "processes" else 0
+    return prepare.run_prepare(config, PrefectMapper(workers), progress=True)
 
 
 def run_prepare(config: PrepareConfig, dask_address: str | None = None, dask_workers: int = 0) -> dict:
@@ -123,4 +148,4 @@ def run_prepare(config: PrepareConfig, dask_address: str | None = None, dask_wor
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")
     runner = make_task_runner(config.max_workers, dask_address, dask_workers)
     with run_record(artifacts_root()), temporary_api():
-        return prepare_flow.with_options(task_runner=runner)(config)
+        return prepare_flow.with_options(task_runner=runner)(config, processes=not (dask_address or dask_workers))

@@ -18,6 +18,7 @@ from pipeline.specs import DatasetSpec, load_spec, resolve_root
 
 DEFAULT_DETECTOR = {"detect": "dlib", "given": "given", "prealigned": "prealigned"}
 DEFAULT_SPACES = ("au", "landmarks", "va")
+RUNNERS = ("serial", "threads", "processes")   # pipeline.prepare.make_mapper builds each
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PrepareConfig:
     source: dict = field(default_factory=dict)        # adapter options (synthetic: n, seed, size, ...)
     shard_size: int = 250                   # images per task (100-500: one task per image is too costly)
     max_workers: int = 2                    # bounded concurrency of shard tasks
+    runner: str = "processes"               # where shards run: serial | threads | processes (pipeline.prepare)
     align: dict = field(default_factory=dict)         # pipeline.stages.faces.AlignConfig fields
     landmarks: dict = field(default_factory=dict)     # pipeline.stages.landmarks.LandmarkConfig fields
     action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
@@ -48,6 +50,8 @@ class PrepareConfig:
             raise ConfigError(f"shard_size must be within 1..5000, got {self.shard_size}")
         if self.max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, got {self.max_workers}")
+        if self.runner not in RUNNERS:
+            raise ConfigError(choices_message("runner", self.runner, RUNNERS))
         if self.lock_wait_s < 0:
             raise ConfigError(f"lock_wait_s must be >= 0 seconds, got {self.lock_wait_s}")
 

@@ -1,13 +1,15 @@
 """The whole prepare in plain Python: sources -> faces -> landmarks -> action units [-> pseudo valence-arousal]
 -> graphs -> noise -> report -> manifest and lock. No orchestrator is imported here.
 
-How shards run is injected: a `ShardMapper` maps one stage's shard function over its shards. The default
-runs them one after another, `ThreadMapper(n)` on n threads; `flows/prepare.py` adds a Prefect-task
-mapper (caching, retries, progress artefacts, Dask through Prefect's task runner). From a notebook:
+How shards run is injected: a `ShardMapper` maps one stage's shard function over its shards. `ShardMapper`
+runs them one after another, `ThreadMapper(n)` on n threads, `ProcessMapper(n)` in n worker processes
+(pipeline.mappers); without a mapper, the config's `runner` (serial | threads | processes, default
+processes) and `max_workers` choose one. `flows/prepare.py` adds a Prefect-task mapper (caching, retries,
+progress artefacts, Dask through Prefect's task runner). From a notebook:
 
     from pipeline.config import load_prepare_config
-    from pipeline.prepare import ThreadMapper, run_prepare
-    summary = run_prepare(load_prepare_config(overrides=["source.n=200"]), ThreadMapper(2))
+    from pipeline.prepare import ProcessMapper, run_prepare
+    summary = run_prepare(load_prepare_config(overrides=["source.n=200"]), ProcessMapper(2))
 
 Every configuration error (a wrong-typed option, a missing checkpoint or binary) fails before any image
 is read; per-image stages compute only the shards no stored part holds yet, so a killed run resumes.
@@ -66,6 +68,12 @@ class ShardMapper:
         """One step in this process (sources, report)."""
         return function()
 
+    def start(self, stages: StageConfigs) -> None:
+        """Called once a run's options and backends have passed their checks, before any shard."""
+
+    def close(self) -> None:
+        """Called when the run ends, however it ends: release workers."""
+
 
 class ThreadMapper(ShardMapper):
     """Shards and independent calls on `max_workers` threads of this process."""
@@ -87,6 +95,46 @@ class ThreadMapper(ShardMapper):
         with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"prepare-{stage}") as pool:
             futures = {name: pool.submit(call) for name, call in calls.items()}
             return {name: future.result() for name, future in futures.items()}
+
+
+class ProcessMapper(ThreadMapper):
+    """Shards in `max_workers` spawned worker processes, each loading the models once (pipeline.mappers);
+    independent calls (graphs, noise) on threads of this process, as ThreadMapper."""
+
+    name = "processes"
+
+    def __init__(self, max_workers: int = 2, start_method: str = "spawn"):
+        super().__init__(max_workers)
+        self.start_method = start_method
+        self.pool = None
+
+    def start(self, stages):
+        from pipeline.mappers import WorkerPool, warm_backends
+
+        if self.pool is None and self.max_workers > 1:      # workers start with the first stage of 2+ shards
+            self.pool = WorkerPool(self.max_workers, self.start_method,
+                                   partial(warm_backends, stages.align, stages.landmarks, stages.action_units))
+
+    def map_shards(self, stage, work, shards, store_dir, refresh=False):
+        if self.pool is None or len(shards) < 2:
+            yield from ShardMapper.map_shards(self, stage, work, shards, store_dir, refresh)
+            return
+        from pipeline.mappers import map_on_pool
+
+        yield from map_on_pool(self.pool, stage, work, shards)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+RUNNERS = {"serial": lambda workers: ShardMapper(), "threads": ThreadMapper, "processes": ProcessMapper}
+
+
+def make_mapper(config: PrepareConfig) -> ShardMapper:
+    """The mapper `config.runner` names, with `config.max_workers` workers."""
+    return RUNNERS[config.runner](config.max_workers)
 
 
 # --- work units (module level, so process-based mappers can pickle them) -------------------------
@@ -239,14 +287,18 @@ def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, p
 def run_prepare(config: PrepareConfig, mapper: ShardMapper | None = None, progress: bool = True) -> dict:
     """Prepare one dataset version; returns a summary ("dataset", "version", "path", "computed", ...).
 
-    Options and backends are checked first (a wrong one fails before any image is read); then the run
-    holds the dataset's prepare lock under the artefact root (another run waits `lock_wait_s`, then
+    Without `mapper`, `config.runner` picks one (make_mapper). Options and backends are checked first (a
+    wrong one fails before any image is read); then the run holds the dataset's prepare lock under the artefact root (another run waits `lock_wait_s`, then
     refuses naming the holder's pid).
     """
-    mapper = mapper or ShardMapper()
+    mapper = mapper or make_mapper(config)
     stages = resolve_stage_configs(config)
     check_dataset_root(config, stages)
     check_backends(stages)
     path = lock_path(artifacts_root(), stages.spec.name)
     with exclusive_prepare(path, f"{stages.spec.name!r} into {path.parent.parent}", config.lock_wait_s):
-        return _prepare(config, stages, mapper, progress)
+        try:
+            mapper.start(stages)
+            return _prepare(config, stages, mapper, progress)
+        finally:
+            mapper.close()

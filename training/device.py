@@ -14,7 +14,7 @@ from pipeline.contract.errors import ConfigError, choices_message
 log = logging.getLogger(__name__)
 
 RECIPE_DEVICES = ("any", "cpu", "cuda")
-CPU_RECIPE = "training/configs/tiny.yaml"
+CPU_RECIPE = "training/configs/quickstart.yaml"   # learns the default version on 2 cores
 
 
 def select_device(name: str) -> tuple[torch.device, str]:

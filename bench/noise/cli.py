@@ -9,7 +9,13 @@ from pathlib import Path
 
 from bench.noise import __doc__ as PACKAGE_DOC
 from bench.noise.harness import run_benchmark
-from bench.noise.plan import DEFAULT_OUT, PROJECT_ROOT, BenchmarkPlan, load_benchmark_file
+from bench.noise.plan import (
+    DEFAULT_OUT,
+    EQUAL_IMAGES,
+    PROJECT_ROOT,
+    BenchmarkPlan,
+    load_benchmark_file,
+)
 from bench.noise.report import format_markdown
 from pipeline.contract.config import parse_set
 from pipeline.contract.errors import ConfigError, FerError
@@ -24,9 +30,12 @@ def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Be
 
     options, common, per_method = load_benchmark_file(args.config)
     methods = _csv(args.methods)
-    unknown = [m for m in methods if m not in method_names()]
+    if args.equal_images and f"baseline{EQUAL_IMAGES}" not in methods:
+        methods.append(f"baseline{EQUAL_IMAGES}")
+    unknown = [m for m in methods if m.removesuffix(EQUAL_IMAGES) not in method_names()]
     if unknown or not methods:
-        raise ConfigError(f"unknown methods {unknown or methods}; valid choices: {', '.join(method_names())}")
+        raise ConfigError(f"unknown methods {unknown or methods}; valid choices: {', '.join(method_names())} "
+                          f"(and <method>{EQUAL_IMAGES}, the equal-images control)")
     stray = sorted(set(per_method) - set(method_names()))
     if stray:
         raise ConfigError(f"benchmark config names unknown methods {stray}; valid: {', '.join(method_names())}")
@@ -35,12 +44,14 @@ def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Be
     except ValueError as exc:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from exc
     variants = tuple(_csv(args.noise))
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     if not seeds or not variants:
         raise ConfigError("give at least one noise variant (--noise) and one seed (--seeds)")
     name = args.name or str(options.get("name", "benchmark_noise_{dataset}")).format(dataset=args.dataset)
     runs_root = Path(args.runs_root or Path(os.environ.get("FER_RUNS") or PROJECT_ROOT / "runs") / "benchmarks")
     return BenchmarkPlan(args.dataset, tuple(methods), variants, seeds, name, Path(args.out), runs_root,
-                         common, per_method, tuple(overrides), args.config, args.force)
+                         common, per_method, tuple(overrides), args.config, args.force, args.jobs)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
@@ -54,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--name", default=None, help="output file stem (default from the config)")
     parser.add_argument("--runs-root", default=None, help="where cell runs go (default runs/benchmarks)")
     parser.add_argument("--force", action="store_true", help="retrain finished cells too")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells trained at once, each in its own process with one torch thread")
+    parser.add_argument("--equal-images", action="store_true",
+                        help=f"add the control baseline{EQUAL_IMAGES}: the baseline trained for as many images "
+                             f"as the grouped methods see (epochs x (1 + K), the schedule stretched alike)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="training-config override for every cell (like training.train --set)")
     args = parser.parse_args(argv)

@@ -10,7 +10,14 @@ import platform
 import time
 from pathlib import Path
 
-from bench.noise.plan import HARNESS_VERSION, BenchmarkPlan, Cell, cell_config, config_fingerprint
+from bench.noise.plan import (
+    HARNESS_VERSION,
+    BenchmarkPlan,
+    Cell,
+    cell_config,
+    config_fingerprint,
+    images_seen,
+)
 from bench.noise.report import aggregate, format_markdown, write_csv, write_plot
 from pipeline.contract.errors import ConfigError, FerError
 from training.report import jsonable
@@ -43,17 +50,24 @@ def _split_metrics(run, loader) -> dict:
 
 
 def _selection_loader(run):
-    """(loader, split name) used to choose an evaluation branch: 'val' when the version has one."""
+    """(loader, split name) to choose an evaluation branch on: the validation split, or None without one.
+
+    The test split never chooses anything: without a validation split the method's configured branch is kept.
+    """
     from training.loader import eval_loader
 
     if "val" in run.version.splits() and run.test.name != "val":
         split = run.version.split_data("val", run.config.noise)
         return eval_loader(run.config, run.version, split, run.device), "val"
-    return run.eval_loaders["test"], f"{run.test.name} (no validation split)"
+    return None, None
 
 
 def select_branch(config, run_dir: Path) -> dict | None:
-    """For a method with evaluation branches: pick the better one on validation, save it, re-evaluate."""
+    """For a method with evaluation branches: pick the better one on validation, save it, re-evaluate.
+
+    Without a validation split the configured branch (e.g. SOFT's `eval_branch`, default student) is kept
+    and recorded as fixed; the test split is only evaluated, never used to choose.
+    """
     from training.engine import config_replace, save, setup
     from training.evaluate import flip_recovery, predict
     from training.methods import method_class
@@ -66,10 +80,13 @@ def select_branch(config, run_dir: Path) -> dict | None:
     try:
         loader, selected_on = _selection_loader(run)
         scores = {}
-        for branch in branches:
-            run.method.set_eval_branch(branch)
-            scores[branch] = _split_metrics(run, loader)["accuracy"]
-        best = max(branches, key=lambda b: scores[b])  # ties keep the first listed branch
+        if loader is None:
+            best, selected_on = run.method.eval_branch, "fixed: configured branch (no validation split)"
+        else:
+            for branch in branches:
+                run.method.set_eval_branch(branch)
+                scores[branch] = _split_metrics(run, loader)["accuracy"]
+            best = max(branches, key=lambda b: scores[b])  # ties keep the first listed branch
         run.method.set_eval_branch(best)
         save(run)
         test = _split_metrics(run, run.eval_loaders["test"])
@@ -85,7 +102,7 @@ def select_branch(config, run_dir: Path) -> dict | None:
         run.logger.close()
 
 
-def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint: str) -> dict:
+def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint: str, num_train: int = 0) -> dict:
     """Train one cell (resuming its run when a checkpoint exists) and return its record."""
     from training.checkpoint import LAST
     from training.engine import fit
@@ -103,6 +120,7 @@ def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint:
     record = {"cell": dataclasses.asdict(cell), "status": "done", "fingerprint": fingerprint,
               "dataset": plan.dataset, "dataset_version": dataset_version, "run_dir": str(run_dir),
               "resumed": resume is not None, "train_seconds": round(time.perf_counter() - tic, 2),
+              "epochs": config.epochs, "images_seen": images_seen(config, num_train),
               "metrics": {k: final[k] for k in CELL_METRICS if k in final},
               "per_class_accuracy": final.get("per_class_accuracy"), "confusion": final.get("confusion")}
     branch = select_branch(config, run_dir)
@@ -153,32 +171,91 @@ def _dataset_info(plan: BenchmarkPlan) -> dict:
             "num_test": len(version.eval_split(plan.variants[0])), "graphs": version.graph_spaces()}
 
 
-def _run_cells(plan: BenchmarkPlan) -> dict:
-    dataset = _dataset_info(plan)
-    records, actions = [], {}
+def _attempt_cell(plan: BenchmarkPlan, cell: Cell, dataset: dict, fingerprint: str) -> tuple[dict, str]:
+    """(record, action) of one cell's training; a failure becomes a 'failed' record, not an exception."""
+    try:
+        return run_cell(plan, cell, dataset["version"], fingerprint, dataset["num_train"]), "trained"
+    except (FerError, RuntimeError, ValueError) as exc:
+        log.error("cell %s failed: %s", cell.key, exc)
+        return _failed(cell, fingerprint, exc), "failed"
+
+
+def _failed(cell: Cell, fingerprint: str, exc: BaseException) -> dict:
+    return {"cell": dataclasses.asdict(cell), "status": "failed", "fingerprint": fingerprint,
+            "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _worker_init() -> None:
+    """A --jobs worker process: one torch thread (and one BLAS/OpenMP thread), the harness's logging."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+
+
+def _pending(plan: BenchmarkPlan, dataset: dict) -> tuple[dict, dict, list]:
+    """(records by key of finished cells, actions, [(cell, fingerprint)] still to train)."""
+    records, actions, todo = {}, {}, []
     for cell in plan.cells():
         fingerprint = config_fingerprint(cell_config(plan, cell), dataset["version"])
-        path = plan.cells_dir / f"{cell.key}.json"
-        previous = read_cell(path)
+        previous = read_cell(plan.cells_dir / f"{cell.key}.json")
         if (not plan.force and previous and previous.get("status") == "done"
                 and previous.get("fingerprint") == fingerprint):
             log.info("cell %s: finished earlier, not retrained", cell.key)
-            records.append(previous)
-            actions[cell.key] = "skipped"
-            continue
-        log.info("cell %s: training (fingerprint %s)", cell.key, fingerprint)
-        try:
-            record = run_cell(plan, cell, dataset["version"], fingerprint)
-            actions[cell.key] = "trained"
-        except (FerError, RuntimeError, ValueError) as exc:
-            log.error("cell %s failed: %s", cell.key, exc)
-            record = {"cell": dataclasses.asdict(cell), "status": "failed", "fingerprint": fingerprint,
-                      "error": f"{type(exc).__name__}: {exc}"}
-            actions[cell.key] = "failed"
-        _write_json(path, record)
-        records.append(record)
-        write_outputs(plan, dataset, records, actions)  # the table so far, after every trained cell
-    return write_outputs(plan, dataset, records, actions)
+            records[cell.key], actions[cell.key] = previous, "skipped"
+        else:
+            todo.append((cell, fingerprint))
+    return records, actions, todo
+
+
+def _run_cells(plan: BenchmarkPlan) -> dict:
+    dataset = _dataset_info(plan)
+    records, actions, todo = _pending(plan, dataset)
+    order = [c.key for c in plan.cells()]
+
+    def finished(cell: Cell, record: dict, action: str) -> None:
+        _write_json(plan.cells_dir / f"{cell.key}.json", record)
+        records[cell.key], actions[cell.key] = record, action
+        done = [records[k] for k in order if k in records]
+        write_outputs(plan, dataset, done, actions)  # the table so far, after every trained cell
+
+    if plan.jobs <= 1 or len(todo) <= 1:
+        for cell, fingerprint in todo:
+            log.info("cell %s: training (fingerprint %s)", cell.key, fingerprint)
+            finished(cell, *_attempt_cell(plan, cell, dataset, fingerprint))
+    else:
+        _run_parallel(plan, dataset, todo, finished)
+    return write_outputs(plan, dataset, [records[k] for k in order if k in records], actions)
+
+
+def _run_parallel(plan: BenchmarkPlan, dataset: dict, todo: list, finished) -> None:
+    """Cells in plan.jobs spawned worker processes, one torch thread each; results as they finish.
+
+    Every cell is seeded and trains alone in its process, so its numbers are those of a serial run with
+    runtime.threads=1 (a volatile key: the fingerprints, hence the per-cell resume, do not change).
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # --set values are typed str subclasses that do not pickle: plain text, which the config reads the same way
+    plain = tuple((key, str(value) if isinstance(value, str) else value) for key, value in plan.overrides)
+    worker_plan = dataclasses.replace(plan, overrides=plain + (("runtime.threads", 1),))
+    log.info("%d cells in %d worker processes", len(todo), plan.jobs)
+    with ProcessPoolExecutor(max_workers=min(plan.jobs, len(todo)), initializer=_worker_init,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_attempt_cell, worker_plan, cell, dataset, fp): (cell, fp) for cell, fp in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell, fingerprint = futures[future]
+                try:
+                    record, action = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that died (e.g. killed): the cell failed
+                    log.error("cell %s: worker failed: %s", cell.key, exc)
+                    record, action = _failed(cell, fingerprint, exc), "failed"
+                finished(cell, record, action)
 
 
 def machine_info() -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.contract.errors import ConfigError
 
 HARNESS_VERSION = "1.0.0"   # part of every cell fingerprint: a change retrains every cell
+EQUAL_IMAGES = "@images"    # method label suffix of the equal-images-seen control, e.g. "baseline@images"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = PROJECT_ROOT / "bench" / "results"
 # Keys that do not change what a cell trains (display, logging, I/O placement); left out of its fingerprint.
@@ -28,6 +29,15 @@ class Cell:
     def key(self) -> str:
         return f"{self.method}__{self.variant}__s{self.seed}"
 
+    @property
+    def trainer_method(self) -> str:
+        """The trainer's method name: the label without the EQUAL_IMAGES suffix."""
+        return self.method.removesuffix(EQUAL_IMAGES)
+
+    @property
+    def equal_images(self) -> bool:
+        return self.method.endswith(EQUAL_IMAGES)
+
 
 @dataclass(frozen=True)
 class BenchmarkPlan:
@@ -45,6 +55,7 @@ class BenchmarkPlan:
     overrides: tuple = ()            # (key, value) CLI overrides, applied last
     config_file: str | None = None
     force: bool = False
+    jobs: int = 1                    # cells trained at once, each in its own process (harness._run_parallel)
 
     @property
     def cells_dir(self) -> Path:
@@ -52,6 +63,29 @@ class BenchmarkPlan:
 
     def cells(self) -> list[Cell]:
         return [Cell(m, v, s) for v in self.variants for m in self.methods for s in self.seeds]
+
+    def grouped_methods(self) -> list[str]:
+        from training.methods import method_class
+
+        return [m for m in self.methods if not m.endswith(EQUAL_IMAGES) and "groups" in method_class(m).needs]
+
+    def images_factor(self) -> int:
+        """Images per training sample per epoch of the grouped methods (1 + K neighbours): the control's stretch.
+
+        The grouped sampler puts every training sample once per epoch in a group as its centre, with
+        data.au_neighbors + data.landmark_neighbors neighbours beside it. Every grouped method of the plan
+        must see the same number, so one control serves them all.
+        """
+        grouped = self.grouped_methods()
+        if not grouped:
+            raise ConfigError(f"an equal-images control ({EQUAL_IMAGES}) needs a grouped method in the plan "
+                              f"(e.g. ldl_alsg, ldlva); methods: {', '.join(self.methods)}")
+        factors = {m: _images_per_sample(base_config(self, Cell(m, self.variants[0], self.seeds[0])))
+                   for m in grouped}
+        if len(set(factors.values())) > 1:
+            raise ConfigError(f"grouped methods see different images per sample {factors}; give them the same "
+                              f"data.au_neighbors + data.landmark_neighbors for one equal-images control")
+        return next(iter(factors.values()))
 
 
 def load_benchmark_file(path: str | Path | None) -> tuple[dict, dict, dict]:
@@ -82,17 +116,43 @@ def flatten(layer: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
-def cell_config(plan: BenchmarkPlan, cell: Cell, run_id: str | None = None, resume: str | None = None):
-    """The resolved TrainConfig of a cell: method yaml <- common <- per-method <- CLI <- cell keys."""
+def _images_per_sample(config) -> int:
+    return 1 + config.data.au_neighbors + config.data.landmark_neighbors
+
+
+def images_seen(config, num_train: int) -> int:
+    """Training images a cell's run sees: epochs x samples x (1 + K for the grouped sampler)."""
+    from training.methods import method_class
+
+    per_sample = _images_per_sample(config) if "groups" in method_class(config.method).needs else 1
+    return int(config.epochs * num_train * per_sample)
+
+
+def base_config(plan: BenchmarkPlan, cell: Cell, extra: list | None = None):
+    """The resolved TrainConfig of a cell before any equal-images stretch."""
     from training.config import resolve_config
 
-    overrides = flatten(plan.common) + flatten(plan.per_method.get(cell.method) or {}) + list(plan.overrides)
-    overrides += [("runtime.seed", cell.seed), ("runtime.runs_root", str(plan.runs_root))]
-    if run_id:
-        overrides.append(("runtime.run_id", run_id))
-    if resume:
-        overrides.append(("runtime.resume", resume))
-    return resolve_config(cell.method, plan.dataset, cell.variant, None, overrides)
+    method = cell.trainer_method
+    overrides = flatten(plan.common) + flatten(plan.per_method.get(method) or {}) + list(plan.overrides)
+    overrides += [("runtime.seed", cell.seed), ("runtime.runs_root", str(plan.runs_root))] + list(extra or [])
+    return resolve_config(method, plan.dataset, cell.variant, None, overrides)
+
+
+def cell_config(plan: BenchmarkPlan, cell: Cell, run_id: str | None = None, resume: str | None = None):
+    """The resolved TrainConfig of a cell: method yaml <- common <- per-method <- CLI <- cell keys.
+
+    An equal-images control (`<method>@images`) trains `<method>` for images_factor() times the epochs,
+    with the schedule's shape stretched alike (warm-up and step milestones scaled by the same factor).
+    """
+    extra = [("runtime.run_id", run_id)] if run_id else []
+    extra += [("runtime.resume", resume)] if resume else []
+    config = base_config(plan, cell, extra)
+    if not cell.equal_images:
+        return config
+    factor = plan.images_factor()
+    stretch = [("epochs", config.epochs * factor), ("schedule.warmup_epochs", config.schedule.warmup_epochs * factor),
+               ("schedule.milestones", [m * factor for m in config.schedule.milestones])]
+    return base_config(plan, cell, extra + stretch)
 
 
 def config_fingerprint(config, dataset_version: str) -> str:

@@ -13,7 +13,10 @@ TABLE_METRICS = {
     "test_accuracy": ("Test accuracy (%)", True),
     "test_mean_class_accuracy": ("Mean class accuracy (%)", True),
     "recovered": ("Flip recovery (%): flipped training samples predicted as their clean class", True),
+    "memorised": ("Memorised (%): flipped training samples predicted as their noisy label", True),
 }
+# metric key at the top level of a cell record -> (table title, shown as a percentage)
+CELL_FIELDS = {"train_seconds": ("Training wall seconds per cell (this machine)", False)}
 
 
 def aggregate(records: list[dict], methods, variants) -> list[dict]:
@@ -25,8 +28,9 @@ def aggregate(records: list[dict], methods, variants) -> list[dict]:
                     and r["cell"]["variant"] == variant]
             failed = sum(1 for r in records if r.get("status") == "failed" and r["cell"]["method"] == method
                          and r["cell"]["variant"] == variant)
-            for metric in TABLE_METRICS:
-                pairs = [(r["cell"]["seed"], r["metrics"].get(metric)) for r in done]
+            for metric in (*TABLE_METRICS, *CELL_FIELDS):
+                pairs = [(r["cell"]["seed"], r["metrics"].get(metric) if metric in TABLE_METRICS else r.get(metric))
+                         for r in done]
                 pairs = sorted((s, float(v)) for s, v in pairs if v is not None and math.isfinite(float(v)))
                 values = [v for _, v in pairs]
                 rows.append({"method": method, "variant": variant, "metric": metric, "n": len(values),
@@ -40,8 +44,9 @@ def aggregate(records: list[dict], methods, variants) -> list[dict]:
 def _cell_text(row: dict | None, percent: bool) -> str:
     if row is None or row["mean"] is None:
         return "failed" if row and row["failed"] else "-"
-    scale = 100.0 if percent else 1.0
-    text = f"{row['mean'] * scale:.2f}" + (f" ± {row['std'] * scale:.2f}" if row["n"] > 1 else " (1 seed)")
+    scale, digits = (100.0, 2) if percent else (1.0, 0)
+    text = f"{row['mean'] * scale:.{digits}f}" + (f" ± {row['std'] * scale:.{digits}f}" if row["n"] > 1
+                                                  else " (1 seed)")
     return text + (f" ({row['failed']} failed)" if row["failed"] else "")
 
 
@@ -61,14 +66,15 @@ def format_markdown(summary: dict) -> str:
                      + (f"; prepared with source options {prepared.get('source')}" if prepared.get("source") else "")
                      + ".")
     lines.append("")
-    for metric, (title, percent) in TABLE_METRICS.items():
+    lines += _protocol_notes(summary)
+    for metric, (title, percent) in {**TABLE_METRICS, **CELL_FIELDS}.items():
         lines += [f"## {title}", "", "| Method | " + " | ".join(variants) + " |",
                   "| --- | " + " | ".join("---:" for _ in variants) + " |"]
         for method in methods:
             cells = [_cell_text(index.get((method, v, metric)), percent) for v in variants]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _timing_notes(summary["cells"], methods)
+    lines += _images_notes(summary["cells"], methods)
     lines += _branch_notes(summary["cells"])
     if summary["dataset"] == "synthetic":
         lines += [("The synthetic dataset checks the machinery and the methods; it is no measure of "
@@ -76,11 +82,27 @@ def format_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _timing_notes(cells: list[dict], methods) -> list[str]:
-    seconds = {m: [c["train_seconds"] for c in cells if c.get("status") == "done" and c["cell"]["method"] == m
-                   and "train_seconds" in c] for m in methods}
-    parts = [f"{m} {np.mean(v):.0f}" for m, v in seconds.items() if v]
-    return [f"Training time per cell, mean seconds (this machine): {', '.join(parts)}.", ""] if parts else []
+def _protocol_notes(summary: dict) -> list[str]:
+    lines = [("Evaluation: every number is on the test split, which chooses nothing. A method with several "
+              "evaluation branches (SOFT: student/teacher) is evaluated with the branch that scores best on the "
+              "validation split (clean labels; the noise stage flips train labels only), or, without a "
+              "validation split, with its configured branch.")]
+    control = [m for m in summary["methods"] if "@images" in m]
+    if control:
+        lines.append(f"Equal images seen: {', '.join(control)} is the baseline trained for (1 + K) times the "
+                     f"epochs, K the grouped methods' neighbours per centre, so it sees as many training images "
+                     f"as they do; its schedule is the same shape, stretched. The other rows compare at equal "
+                     f"epochs.")
+    return lines + [""]
+
+
+def _images_notes(cells: list[dict], methods) -> list[str]:
+    parts = []
+    for m in methods:
+        done = [c for c in cells if c.get("status") == "done" and c["cell"]["method"] == m and "images_seen" in c]
+        if done:
+            parts.append(f"{m} {done[0]['epochs']} epochs / {done[0]['images_seen']:,} images")
+    return [f"Training per cell: {'; '.join(parts)}.", ""] if parts else []
 
 
 def _branch_notes(cells: list[dict]) -> list[str]:
@@ -91,8 +113,9 @@ def _branch_notes(cells: list[dict]) -> list[str]:
     for c in sorted(chosen, key=lambda c: (c["cell"]["method"], c["cell"]["variant"], c["cell"]["seed"])):
         b = c["branch"]
         scores = ", ".join(f"{k} {v * 100:.2f}" for k, v in b["selection_accuracy"].items())
+        how = f"accuracy on {b['selected_on']}: {scores}" if scores else b["selected_on"]
         lines.append(f"- {c['cell']['method']} {c['cell']['variant']} seed {c['cell']['seed']}: **{b['branch']}** "
-                     f"(accuracy on {b['selected_on']}: {scores})")
+                     f"({how})")
     return lines + [""]
 
 

@@ -71,9 +71,9 @@ def box_from_landmarks(points: np.ndarray) -> np.ndarray:
 
 def _cache_key(config) -> str:
     """Images depend on everything but n: one cache folder serves every n with the same settings."""
-    from pipeline.synthetic.generator import SYNTHETIC_VERSION
+    from pipeline.synthetic.generator import SYNTHETIC_VERSION, config_params
 
-    params = {k: v for k, v in dataclasses.asdict(config).items() if k != "n"}
+    params = {k: v for k, v in config_params(config).items() if k != "n"}
     return fingerprint("synthetic-images", SYNTHETIC_VERSION, params)
 
 
@@ -147,12 +147,14 @@ def ensure_generated(config, work_dir: Path, workers: int = 0, progress: bool = 
 def scan_synthetic(root: Path, spec: DatasetSpec, work_dir: Path, overrides: dict | None = None,
                    progress: bool = True) -> SourceScan:
     """Generate (or reuse) the images, then list them as records with their known truth."""
+    from pipeline.synthetic.generator import config_params
+
     config = synthetic_config(spec, overrides)
     image_root, truth = ensure_generated(config, root, progress=progress)
     names = class_names(config.num_classes)
     scan = SourceScan(image_root=image_root, with_votes=True, landmark_points=68, with_true_aus=True,
                       with_given_box=True, with_va=True,
-                      params={"adapter": f"synthetic@{ADAPTER_VERSION}", "config": dataclasses.asdict(config)})
+                      params={"adapter": f"synthetic@{ADAPTER_VERSION}", "config": config_params(config)})
     for index in range(config.n):
         item = truth[index]
         relpath = _relpath(config, index)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -70,6 +70,7 @@ class SyntheticConfig:
     lighting: float = 0.35  # strength of the directional shading
     noise: float = 3.0  # max pixel noise sigma
     wrinkles: bool = True  # draw the skin furrows that go with the AUs (appearance, not landmark, cues)
+    validation: bool = False  # also a 'val' split: every fifth block of classes, offset 3 (train keeps 60%)
 
     def __post_init__(self) -> None:
         checks = {
@@ -180,6 +181,27 @@ def generate(config: SyntheticConfig) -> Iterator[SyntheticSample]:
         yield generate_sample(config, index)
 
 
+# Options added after 2.0 whose default leaves every image, split and version id as they were: left out of
+# `config_params` at their default, so a version prepared without them keeps its id.
+DEFAULT_OMITTED = {"validation": False}
+
+
+def config_params(config: SyntheticConfig) -> dict:
+    """The config as a dict for fingerprints and scan parameters (DEFAULT_OMITTED fields left out at default)."""
+    params = asdict(config)
+    for key, default in DEFAULT_OMITTED.items():
+        if params.get(key) == default:
+            params.pop(key)
+    return params
+
+
 def split_of(config: SyntheticConfig, index: int) -> str:
-    """'test' for every fifth block of classes (20%, balanced per class), else 'train'."""
-    return "test" if (index // config.num_classes) % 5 == 4 else "train"
+    """'test' for every fifth block of classes (20%, balanced per class), else 'train'.
+
+    With `validation`, the block before each test block is 'val' (20%, balanced per class, clean labels
+    like test: the noise stage flips train labels only), for choices a method makes after training.
+    """
+    block = (index // config.num_classes) % 5
+    if block == 4:
+        return "test"
+    return "val" if config.validation and block == 3 else "train"

@@ -1,6 +1,7 @@
 """The noise benchmark harness (bench.noise) on the small prepared synthetic version: 2 methods x 1 variant x 1 seed, a few steps;
-the table, CSV, plot and per-cell JSON are written, SOFT's evaluation branch is chosen and recorded, and a
-second run retrains nothing."""
+the table, CSV, plot and per-cell JSON are written, SOFT's evaluation branch is chosen on validation (or kept
+as configured without one; never on test) and recorded, a second run retrains nothing, --jobs 2 gives the
+serial numbers, and the equal-images control trains the baseline (1 + K) times as long."""
 from __future__ import annotations
 
 import csv
@@ -42,16 +43,18 @@ def test_benchmark_writes_table_and_second_run_retrains_nothing(tiny_prepared_ve
     for suffix in (".md", ".csv", ".png"):
         assert (out / f"{name}{suffix}").stat().st_size > 0
     rows = list(csv.DictReader((out / f"{name}.csv").open()))
-    assert {(r["method"], r["metric"]) for r in rows} == {
-        (m, k) for m in ("baseline", "soft") for k in ("test_accuracy", "test_mean_class_accuracy", "recovered")}
+    metrics = ("test_accuracy", "test_mean_class_accuracy", "recovered", "memorised", "train_seconds")
+    assert {(r["method"], r["metric"]) for r in rows} == {(m, k) for m in ("baseline", "soft") for k in metrics}
     for r in rows:
-        assert 0.0 <= float(r["mean"]) <= 1.0 and r["n"] == "1"
+        assert r["n"] == "1" and (r["metric"] == "train_seconds" or 0.0 <= float(r["mean"]) <= 1.0)
     soft = json.loads((out / f"{name}_cells" / "soft__sym-0.30__s0.json").read_text())
-    assert soft["status"] == "done" and soft["branch"]["branch"] in ("student", "teacher")
-    assert soft["branch"]["selected_on"].startswith("test")          # the tiny version has no val split
+    # the tiny version has no val split: the configured branch is kept, the test split chooses nothing
+    assert soft["status"] == "done" and soft["branch"]["branch"] == "student"
+    assert soft["branch"]["selected_on"].startswith("fixed") and soft["branch"]["selection_accuracy"] == {}
     assert soft["metrics"]["test_accuracy"] == soft["branch"]["test_accuracy"]
     markdown = (out / f"{name}.md").read_text()
     assert "| soft |" in markdown and "Flip recovery" in markdown and "(1 seed)" in markdown
+    assert "Memorised" in markdown and "chooses nothing" in markdown
 
     cell_files = sorted((out / f"{name}_cells").glob("*.json"))
     mtimes = [p.stat().st_mtime_ns for p in cell_files]
@@ -122,3 +125,66 @@ def test_a_second_concurrent_run_of_the_same_benchmark_fails_at_once(tmp_path):
         pass
     with exclusive_run(plan):   # released afterwards
         pass
+
+
+def _cell_metrics(out, name):
+    return {p.stem: json.loads(p.read_text())["metrics"] for p in sorted((out / f"{name}_cells").glob("*.json"))}
+
+
+def test_parallel_jobs_give_the_serial_numbers_and_the_equal_images_control(tiny_prepared_version, tmp_path):
+    config = _write_config(tmp_path / "bench.yaml", steps=3)
+    name = "bench_synthetic_test"
+    common = ["--methods", "baseline,ldl_alsg", "--equal-images", "--set", "data.groups_per_batch=2",
+              "--set", "data.au_neighbors=1", "--set", "data.landmark_neighbors=2"]
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert main(_argv(tiny_prepared_version, serial, config) + common) == 0
+    assert main(_argv(tiny_prepared_version, parallel, config) + common + ["--jobs", "2"]) == 0
+    assert _cell_metrics(serial / "results", name) == _cell_metrics(parallel / "results", name)
+    summary = json.loads((parallel / "results" / f"{name}.json").read_text())
+    assert set(summary["actions"].values()) == {"trained"} and len(summary["actions"]) == 3
+    control = json.loads((parallel / "results" / f"{name}_cells" / "baseline@images__sym-0.30__s0.json").read_text())
+    baseline = json.loads((parallel / "results" / f"{name}_cells" / "baseline__sym-0.30__s0.json").read_text())
+    grouped = json.loads((parallel / "results" / f"{name}_cells" / "ldl_alsg__sym-0.30__s0.json").read_text())
+    assert control["epochs"] == 4 * baseline["epochs"] == 4          # 1 + 1 AU + 2 landmark neighbours
+    assert control["images_seen"] == grouped["images_seen"] == 4 * baseline["images_seen"]
+    markdown = (parallel / "results" / f"{name}.md").read_text()
+    assert "| baseline@images |" in markdown and "Equal images seen" in markdown
+    # resume works across modes: a serial rerun of the parallel results retrains nothing
+    assert main(_argv(tiny_prepared_version, parallel, config) + common) == 0
+    summary = json.loads((parallel / "results" / f"{name}.json").read_text())
+    assert set(summary["actions"].values()) == {"skipped"}
+
+
+def test_equal_images_control_stretches_the_schedule(tmp_path):
+    from bench.noise.plan import Cell, cell_config
+
+    args = ["--dataset", "synthetic", "--methods", "baseline,ldlva", "--equal-images", "--noise", "sym-0.30",
+            "--out", str(tmp_path), "--set", "epochs=5", "--set", "schedule.name=step",
+            "--set", "schedule.warmup_epochs=1", "--set", "schedule.milestones=[2,4]",
+            "--set", "data.au_neighbors=3", "--set", "data.landmark_neighbors=0"]
+    plan = build_plan(*parse_args(args))
+    assert plan.methods == ("baseline", "ldlva", "baseline@images") and plan.images_factor() == 4
+    control = cell_config(plan, Cell("baseline@images", "sym-0.30", 0))
+    assert control.method == "baseline" and control.epochs == 20
+    assert control.schedule.warmup_epochs == 4 and list(control.schedule.milestones) == [8, 16]
+    with pytest.raises(ConfigError, match="grouped method"):
+        build_plan(*parse_args(["--dataset", "synthetic", "--methods", "baseline", "--equal-images",
+                                "--out", str(tmp_path)])).images_factor()
+    with pytest.raises(ConfigError, match="jobs"):
+        build_plan(*parse_args(["--dataset", "synthetic", "--jobs", "0"]))
+
+
+def test_soft_branch_is_chosen_on_validation_when_the_version_has_one(tmp_path_factory, tmp_path):
+    import os
+
+    from bench.prepared import prepare_small_version
+
+    base = tmp_path_factory.getbasetemp()
+    cache = os.environ.get("FER_TEST_CACHE") or str(base / "fer-cache")
+    version = prepare_small_version(base / "small-version-val", n=84, crop_size=64, cache=cache,
+                                    source_options={"validation": True})
+    argv = _argv(version, tmp_path, _write_config(tmp_path / "bench.yaml"))
+    assert main(argv + ["--methods", "soft"]) == 0
+    soft = json.loads((tmp_path / "results" / "bench_synthetic_test_cells" / "soft__sym-0.30__s0.json").read_text())
+    assert soft["branch"]["selected_on"] == "val" and set(soft["branch"]["selection_accuracy"]) == {
+        "student", "teacher"}

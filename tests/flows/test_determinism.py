@@ -1,7 +1,8 @@
 """Same id, same content: one small version built four ways holds identical artefacts.
 
-1 worker (serial); threads (ThreadMapper, 2 workers); a 2-worker Dask LocalCluster through the Prefect
-flow; and a plain run killed with SIGKILL in the middle of the faces stage, then resumed. Contents are
+1 worker (serial); threads (ThreadMapper, 2 workers); worker processes (ProcessMapper, 2 spawned
+workers); a 2-worker Dask LocalCluster through the Prefect flow; and plain runs (serial, processes) killed
+with SIGKILL in the middle of the faces stage, then resumed. Contents are
 compared table by table (values and metadata; the graphs' build time is the only key left out) and the
 crops array byte for byte: ids alone prove nothing.
 """
@@ -21,7 +22,7 @@ import pytest
 
 from pipeline.config import load_prepare_config
 from pipeline.contract.crops import open_crops, read_valid_mask
-from pipeline.prepare import ShardMapper, ThreadMapper, run_prepare
+from pipeline.prepare import ProcessMapper, ShardMapper, ThreadMapper, run_prepare
 from pipeline.store.parts import PartStore
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -87,11 +88,17 @@ def test_threads_build_the_same_contents(reference, tmp_path, monkeypatch):
     assert_same_contents(Path(threaded["path"]), Path(reference["path"]))
 
 
+def test_worker_processes_build_the_same_contents(reference, tmp_path, monkeypatch):
+    processed = _build(tmp_path, ProcessMapper(max_workers=2), monkeypatch)
+    assert processed["version"] == reference["version"] and processed["computed"]["faces"] == 24
+    assert_same_contents(Path(processed["path"]), Path(reference["path"]))
+
+
 KILLABLE = """
 import sys
 from pipeline.config import load_prepare_config
-from pipeline.prepare import ShardMapper, run_prepare
-run_prepare(load_prepare_config(None, sys.argv[1:]), ShardMapper(), progress=False)
+from pipeline.prepare import run_prepare
+run_prepare(load_prepare_config(None, sys.argv[1:]), progress=False)
 """
 
 
@@ -99,11 +106,14 @@ def _faces_parts(artifacts: Path) -> int:
     return sum(len(PartStore(d).parts()) for d in (artifacts / "synthetic" / "_parts").glob("faces-*"))
 
 
-def test_killed_mid_faces_and_resumed_builds_the_same_contents(reference, tmp_path, monkeypatch):
+@pytest.mark.parametrize("runner", ["serial", "processes"])
+def test_killed_mid_faces_and_resumed_builds_the_same_contents(reference, runner, tmp_path, monkeypatch):
+    """Only the run's own process is killed: its worker processes must die with it (none writes a part
+    after the kill), and the resumed run computes exactly the shards no part holds."""
     artifacts = tmp_path / "artifacts"
     env = {**os.environ, "FER_ARTIFACTS": str(artifacts), "FER_MANIFESTS": str(tmp_path / "manifests")}
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE, *OVERRIDES], cwd=PROJECT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, *OVERRIDES, f"runner={runner}"], cwd=PROJECT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed_at = time.monotonic() + 240, None
     while time.monotonic() < deadline and process.poll() is None:
         if _faces_parts(artifacts) >= 2:
@@ -114,6 +124,8 @@ def test_killed_mid_faces_and_resumed_builds_the_same_contents(reference, tmp_pa
         time.sleep(0.01)
     assert killed_at is not None, "the run ended before the faces stage could be interrupted"
     assert killed_at < 6, "the kill came after the last faces shard"
+    time.sleep(1.0)
+    assert _faces_parts(artifacts) == killed_at, "a worker wrote a part after its run was killed"
     resumed = _build(tmp_path, ShardMapper(), monkeypatch)
     assert resumed["computed"]["faces"] == 24 - 4 * killed_at
     assert resumed["version"] == reference["version"]

@@ -119,6 +119,10 @@ def test_cli_prints_version_and_fails_clearly_on_bad_option(prefect_api, capsys)
     assert main(["prepare", "--json", *[a for o in SMALL for a in ("--set", o)]]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["version"]) == 16
+    assert main(["prepare", *[a for o in SMALL for a in ("--set", o)]]) == 0   # complete: reused, still told
+    printed = capsys.readouterr().out.splitlines()
+    report = Path(summary["path"]) / "report.html"
+    assert report.is_file() and printed[-1].startswith(f"report    {report}"), printed
 
 
 def _cli_env(**extra) -> dict:

@@ -191,3 +191,81 @@ def test_a_real_layouts_lock_records_label_files_relative_to_the_dataset_root(tm
     assert drift.changed == ["source dataset:EmoLabel/list_patition_label.txt"]
     missing_root = verify_version("rafdb")                      # no --root: the images cannot be located
     assert any("not declared here" in note or "not under a declared root" in note for note in missing_root.notes)
+
+
+# --- runners: serial | threads | processes -----------------------------------------------------------------
+
+def test_the_runner_option_picks_the_mapper_and_refuses_an_unknown_one():
+    from pipeline.prepare import ProcessMapper, ShardMapper, make_mapper
+
+    assert type(make_mapper(load_prepare_config(None, ["runner=serial"]))) is ShardMapper
+    assert type(make_mapper(load_prepare_config(None, ["runner=threads", "max_workers=3"]))) is ThreadMapper
+    mapper = make_mapper(load_prepare_config(None, []))
+    assert isinstance(mapper, ProcessMapper) and mapper.max_workers == 2
+    with pytest.raises(ConfigError, match="unknown runner 'forks'; valid choices: serial, threads, processes"):
+        load_prepare_config(None, ["runner=forks"])
+
+
+def _fail_in_worker(shard, kind: str) -> int:
+    """Shard work for the worker-failure test (module level: spawned workers import it by name)."""
+    from pipeline.images import ImageReadError
+
+    if kind == "data" and shard.num_rows == 2:
+        raise ImageReadError("truncated_or_corrupt_image", "broken huffman table", "train/00002.png")
+    if kind == "bug" and shard.num_rows == 2:
+        raise ValueError("shapes (3,) and (4,) not aligned")
+    if kind == "die" and shard.num_rows == 2:
+        os._exit(3)
+    return shard.num_rows
+
+
+def _shards(*sizes: int):
+    import pyarrow as pa
+
+    return [pa.table({"relpath": [f"train/{size}-{i}.png" for i in range(size)]}) for size in sizes]
+
+
+@pytest.mark.parametrize("kind, raised, message", [
+    ("data", "DataError", "truncated_or_corrupt_image: broken huffman table (train/00002.png)"),
+    ("bug", "ValueError", "shapes (3,) and (4,) not aligned"),
+    ("die", "ArtifactError", "faces: a worker process died while running a shard of 2 images (first train/2-0.png)"),
+])
+def test_a_failure_in_a_worker_is_raised_here_as_one_line_with_its_class(kind, raised, message, caplog):
+    import logging
+    from functools import partial
+
+    from pipeline.mappers import WorkerPool, map_on_pool
+
+    pool = WorkerPool(2)
+    try:
+        with caplog.at_level(logging.INFO, logger="pipeline.mappers"), pytest.raises(Exception) as caught:
+            list(map_on_pool(pool, "faces", partial(_fail_in_worker, kind=kind), _shards(1, 2, 3)))
+    finally:
+        pool.close()
+    assert type(caught.value).__name__ == raised and str(caught.value).startswith(message)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__, "no pickled remote traceback"
+    if kind != "die":           # the worker's own traceback goes to the log (the log file, not the terminal)
+        logged = [r.getMessage() for r in caplog.records if "failed in worker pid" in r.getMessage()]
+        assert logged and "Traceback" in logged[0] and "_fail_in_worker" in logged[0]
+
+
+def test_worker_processes_run_every_shard_once_and_a_small_stage_stays_in_this_process():
+    from functools import partial
+
+    from pipeline.mappers import WorkerPool, map_on_pool
+    from pipeline.prepare import ProcessMapper
+
+    pool = WorkerPool(2)
+    try:
+        assert sorted(map_on_pool(pool, "faces", partial(_fail_in_worker, kind="none"), _shards(1, 3, 4, 5))) == \
+            [1, 3, 4, 5]
+        assert len(pool.pids) == 2 and os.getpid() not in pool.pids
+    finally:
+        pool.close()
+    mapper = ProcessMapper(2)
+    mapper.pool = WorkerPool(2)
+    try:   # one shard: no worker is started for it
+        assert list(mapper.map_shards("faces", partial(_fail_in_worker, kind="none"), _shards(6), Path("."))) == [6]
+        assert not mapper.pool.running
+    finally:
+        mapper.close()

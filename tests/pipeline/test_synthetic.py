@@ -170,6 +170,26 @@ def test_split_is_about_80_20_per_class():
     assert [split_of(config, i) for i in range(config.n)] == splits
 
 
+def test_validation_option_carves_val_from_train_and_keeps_default_params():
+    from pipeline.sources.synthetic import _cache_key
+    from pipeline.synthetic.generator import config_params
+
+    plain, with_val = SyntheticConfig(n=700, num_classes=7), SyntheticConfig(n=700, num_classes=7, validation=True)
+    splits = [split_of(with_val, i) for i in range(700)]
+    assert splits.count("val") == 140 and splits.count("test") == 140 and splits.count("train") == 420
+    assert all(split_of(plain, i) == s for i, s in enumerate(splits) if s != "val")   # test blocks unchanged
+    val_labels = [_label_of(with_val, i) for i, s in enumerate(splits) if s == "val"]
+    assert sorted(set(val_labels)) == list(range(7)) and len({val_labels.count(c) for c in range(7)}) == 1
+    assert "validation" not in config_params(plain) and config_params(with_val)["validation"] is True
+    assert _cache_key(plain) != _cache_key(with_val)
+
+
+def _label_of(config, index):
+    from pipeline.synthetic.generator import _label
+
+    return _label(config, index)
+
+
 def test_mesh_never_folds():
     """On each photo, across classes, blends, identities and full intensity no warp triangle turns over."""
     from pipeline.synthetic.expressions import class_weights, expression

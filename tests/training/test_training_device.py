@@ -37,7 +37,7 @@ def test_paper_recipes_on_a_cpu_say_so_in_one_line_and_point_at_the_cpu_recipe(m
     warnings = [m for level, m in messages if level == logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert f"training/configs/{method}.yaml is a CUDA recipe" in warnings[0]
-    assert "--config training/configs/tiny.yaml" in warnings[0]
+    assert "--config training/configs/quickstart.yaml" in warnings[0]
 
 
 def test_cpu_recipes_and_cuda_runs_stay_quiet(monkeypatch, caplog):
