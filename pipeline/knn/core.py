@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.contract.errors import DataError
 from pipeline.knn.backends import BACKENDS, torch_threads
 from pipeline.knn.config import KnnConfig, check_config, resolve
 from pipeline.knn.exact import exact_knn, row_distances
+from pipeline.knn.features import prepare_features
 from pipeline.knn.kernels import sort_pairs
+from pipeline.knn.recall import recall_sample
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +36,6 @@ class KnnGraph:
     params: dict = field(default_factory=dict)
     seconds: float = 0.0
     config: KnnConfig | None = None   # the resolved configuration
-
-
-def prepare_features(features: np.ndarray, metric: str = "euclidean",
-                     sample_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-    """[N, D] -> C-contiguous float32 ready for search; NaN/inf or (cosine) zero rows raise DataError.
-
-    The error names the offending sample ids (row positions when `sample_ids` is None).
-    """
-    x = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise DataError(f"features must be a non-empty [N, D] array, got shape {x.shape}")
-    ids = np.arange(len(x)) if sample_ids is None else np.asarray(sample_ids)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise DataError(f"{int(bad.sum())} feature rows hold NaN or inf; sample_ids "
-                        f"{_id_list(ids[bad])}: fix or quarantine them before building a graph")
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
-        zero = norms[:, 0] == 0
-        if zero.any():
-            raise DataError(f"cosine distance is undefined for all-zero feature rows; sample_ids "
-                            f"{_id_list(ids[zero])}")
-        x = np.ascontiguousarray(x / norms)
-    return x
-
-
-def _id_list(ids: np.ndarray, limit: int = 20) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return f"[{shown}{', ...' if len(ids) > limit else ''}]"
 
 
 def build_knn_graph(features: np.ndarray, config: KnnConfig = KnnConfig(),
@@ -104,8 +76,6 @@ def pca_project(x: np.ndarray, dim: int, sample: int, seed: int,
     the projection is the same on every machine.
     """
     import torch
-
-    from pipeline.knn.recall import recall_sample
 
     rows = recall_sample(x.shape[0], sample, seed + 2)
     fit = x[rows].astype(np.float64)                                             # [S, D]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.knn.core import prepare_features
 from pipeline.knn.exact import exact_knn, row_distances
+from pipeline.knn.features import prepare_features
 
 
 def recall_sample(n: int, n_queries: int, seed: int) -> np.ndarray:

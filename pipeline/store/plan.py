@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.contract.errors import ConfigError
 from pipeline.contract.lock import artifacts_root
 from pipeline.contract.tables import MANIFEST
 from pipeline.store.fingerprint import fingerprint
@@ -44,8 +45,33 @@ class VersionPlan:
         return self.artifacts / self.dataset / "_parts" / f"{stage}-{self.store_fingerprints[stage]}"
 
 
+# Stage-config fields that name a model file: the fingerprint holds the file's content hash, never its
+# path, so a checkpoint moved or copied to another machine keeps the version id, and one replaced in
+# place (same path, other weights) gets a new one.
+MODEL_FILE_FIELDS = ("hrnet_checkpoint", "fan_checkpoint", "fan_detector_checkpoint", "openface_bin")
+
+
 def _params(obj) -> dict:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    params = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    named = {key: params[key] for key in MODEL_FILE_FIELDS if params.get(key)}
+    if named:
+        params.update(model_file_hashes(type(obj).__name__, named))
+    return params
+
+
+def model_file_hashes(owner: str, files: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{field: {"content": blake2 hash}} for each named model file (stat-cached like source files)."""
+    from pipeline.store.hashing import default_hash_cache
+
+    missing = {key: path for key, path in files.items() if not Path(path).is_file()}
+    if missing:
+        key, path = next(iter(missing.items()))
+        raise ConfigError(f"{owner}.{key} {path!r} is not a file: give the path of an existing model file")
+    cache = default_hash_cache()
+    try:
+        return {key: {"content": cache.hash(path)} for key, path in files.items()}
+    finally:
+        cache.close()
 
 
 def plan_version(config: PrepareConfig, stages: StageConfigs, source_fingerprint: str,

@@ -83,3 +83,29 @@ def test_lock_paths_are_relative_to_the_deepest_declared_root(tmp_path, monkeypa
     assert relative_record("/elsewhere/HR18.pth", roots) == {"root": None, "path": "HR18.pth"}
     assert resolve_record(record, roots) == tmp_path / "cache" / "sources" / "synthetic" / "images" / "a.png"
     assert resolve_record({"root": "data", "path": "x"}, roots) is None          # FER_DATA_ROOT not set
+
+
+def _landmark_plan(checkpoint, tmp_path):
+    from pipeline.config import load_prepare_config, resolve_stage_configs
+    from pipeline.store.plan import plan_version, stage_versions
+
+    config = load_prepare_config(overrides=["landmarks.backend=hrnet", f"landmarks.hrnet_checkpoint={checkpoint}"])
+    return plan_version(config, resolve_stage_configs(config), "sources-fp", stage_versions(), root=tmp_path)
+
+
+def test_a_model_file_enters_the_version_id_by_content_not_by_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
+    first, moved = tmp_path / "a" / "HR18.pth", tmp_path / "b" / "copy.pth"
+    for path in (first, moved):
+        path.parent.mkdir()
+        path.write_bytes(b"weights v1")
+    base = _landmark_plan(first, tmp_path)
+    assert _landmark_plan(moved, tmp_path).version == base.version       # copied elsewhere: same id
+    first.write_bytes(b"weights v2")
+    os.utime(first, ns=(1, 1))   # same size: a distinct mtime, so the stat cache re-reads the file
+    changed = _landmark_plan(first, tmp_path)
+    assert changed.version != base.version                                # replaced in place: new id
+    before, after = base.stage_fingerprints, changed.stage_fingerprints
+    assert after["faces"] == before["faces"] and after["landmarks"] != before["landmarks"]
+    with pytest.raises(ConfigError, match=r"LandmarkConfig\.hrnet_checkpoint .*missing\.pth.*not a file"):
+        _landmark_plan(tmp_path / "missing.pth", tmp_path)
