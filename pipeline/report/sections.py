@@ -331,7 +331,7 @@ def noise_section(data: VersionData) -> str:
 
 GRAPH_KEYS = {            # column -> metadata keys written by pipeline/stages/graphs.py (older spellings after)
     "K": ("K", "k"), "metric": ("metric",), "sigma": ("sigma",), "sigma mode": ("sigma_mode",),
-    "backend": ("backend",), "build (s)": ("build_seconds",), "recall@K": ("recall_at_k", "recall"),
+    "backend": ("backend",), "recall@K": ("recall_at_k", "recall"),
     "recall queries": ("recall_queries",), "agreement (metadata)": ("label_agreement",),
 }
 

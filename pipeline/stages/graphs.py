@@ -27,6 +27,9 @@ from pipeline.contract.graphs import check_space_name, graph_path, graph_table, 
 from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
 
 log = logging.getLogger(__name__)
+# How long the build and the recall check took: returned to the caller (logs, benches), never written
+# into the graph file, whose bytes depend on the inputs only.
+TIMING_KEYS = ("build_seconds", "recall_seconds")
 
 STAGE_VERSION = "1.1.0"
 BUILTIN_SPACES: tuple[str, ...] = ("au", "au17", "landmarks", "landmarks_procrustes", "va")
@@ -242,7 +245,12 @@ def build_and_write_space(version_dir: str | Path, space: str, config: GraphConf
     samples = artifacts.read_table(Path(version_dir) / artifacts.SAMPLES, columns=["sample_id", "label"])
     labels = _labels_for(samples, ids)
     table, metadata = build_space_graph(features, ids, labels, config, space)
-    return write_graph(graph_path(version_dir, space), table, metadata), metadata
+    return write_graph(graph_path(version_dir, space), table, file_metadata(metadata)), metadata
+
+
+def file_metadata(metadata: dict) -> dict:
+    """What a graph file stores: the metadata without TIMING_KEYS (same inputs, same bytes)."""
+    return {key: value for key, value in metadata.items() if key not in TIMING_KEYS}
 
 
 def _labels_for(samples: pa.Table, ids: np.ndarray) -> np.ndarray:

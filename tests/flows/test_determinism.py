@@ -28,7 +28,6 @@ from pipeline.store.parts import PartStore
 PROJECT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["source.n=24", "shard_size=4", "graphs.k=4", "graphs.backend=exact", "landmarks.backend=dlib",
              "action_units.backend=estimate", "noise.variants=[sym-0.30, asym-0.20]", "report=false"]
-VOLATILE_METADATA = {b"fer.build_seconds", b"fer.recall_seconds"}   # graph files record how long the build took
 SKIPPED = {"manifest.json", "report.html"}        # carry timings; every artefact they describe is compared
 
 
@@ -41,8 +40,8 @@ def version_contents(directory: Path) -> dict[str, object]:
             continue
         if path.suffix == ".parquet":
             table = pq.read_table(path)
-            metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k not in VOLATILE_METADATA}
-            contents[name] = (table.replace_schema_metadata(None).to_pydict(), metadata)
+            contents[name] = (table.replace_schema_metadata(None).to_pydict(), table.schema.metadata,
+                              path.read_bytes())     # values, metadata and the very bytes
         elif name != "crops/crops.u8":
             contents[name] = path.read_bytes()
     crops = open_crops(directory / "crops")                   # [N, S, S, 3] uint8

@@ -92,7 +92,7 @@ def _write_aus_labels_graph(out: Path, ids: np.ndarray) -> None:
     write_table(out / "graphs" / "au.parquet",
                 graph_table(ids, ids[order], dist, np.exp(-dist ** 2 / 2)),
                 {"space": "au", "K": K, "metric": "euclidean", "sigma": 1.0, "sigma_mode": "config",
-                 "backend": "exact", "build_seconds": 0.01, "recall_at_k": 1.0, "recall_queries": len(ids),
+                 "backend": "exact", "recall_at_k": 1.0, "recall_queries": len(ids),
                  "label_agreement": label_agreement(order, LABELS[ids])})
 
 
@@ -168,7 +168,7 @@ def test_graph_agreement_matches_a_direct_count(tiny_version, tiny_report):
     html = tiny_report
     # the metadata's value (pipeline.stages.graphs.label_agreement) and the report's own count, side by side
     assert f"<td class='num'>{expected:.4g}</td><td class='num'>{expected:.4g}</td>" in html
-    assert _row("au", "34", "3", "euclidean", "1", "config", "exact", "0.01", "1", "34") in html
+    assert _row("au", "34", "3", "euclidean", "1", "config", "exact", "1", "34") in html
 
 
 def test_only_samples_still_renders_with_notes(tiny_version, tmp_path):
