@@ -44,7 +44,11 @@ def synthetic_config(spec: DatasetSpec, overrides: dict | None = None):
     from pipeline.synthetic.generator import SyntheticConfig
 
     fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
-    options = {**spec.options, **(overrides or {}), "num_classes": spec.num_classes}
+    given = {**spec.options, **(overrides or {})}
+    if "num_classes" in given:   # a spec key: a second value here could only disagree with it
+        raise ConfigError(f"synthetic option num_classes={given['num_classes']!r} is not an option: the class "
+                          f"count is the spec's num_classes ({spec.num_classes}; 7 or 8 in the dataset spec)")
+    options = {**given, "num_classes": spec.num_classes}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ConfigError(f"unknown synthetic option(s) {unknown}; valid: {', '.join(sorted(fields))}")

@@ -1,8 +1,6 @@
 """Synthetic source options: values of the wrong type or range are refused before any image is generated.
 
-A value that fails today is marked xfail(strict=True) "awaiting synthetic options fix": the synthetic
-adapter belongs to another engineer, and a strict xfail fails the moment the fix lands, so the mark is
-removed then. Generation is patched out for refusals: an option must be refused before any image exists.
+Generation is patched out for refusals: an option must be refused before any image exists.
 """
 from __future__ import annotations
 
@@ -13,8 +11,6 @@ from pipeline.contract.errors import ConfigError
 from pipeline.sources import prepare_source
 from pipeline.sources.__main__ import main as sources_cli
 
-IGNORED = ("awaiting synthetic options fix (engineer D): an option num_classes is silently replaced by the "
-           "spec's num_classes instead of being refused (it is a spec key)")
 SMALL = {"n": 2, "size": 64}
 # (kind, overrides, expected: "kept" or a regex the ConfigError message must match, xfail reason)
 CASES = [
@@ -33,7 +29,7 @@ CASES = [
     ("n_null", {"n": None}, r"n.*None", ""),
     ("seed_text", {"seed": "x"}, r"seed.*'x'", ""),
     ("noise_text", {"noise": "loud"}, r"noise.*loud", ""),
-    ("num_classes_as_option", {"num_classes": 9}, r"num_classes", IGNORED),
+    ("num_classes_as_option", {"num_classes": 9}, r"num_classes=9 is not an option.*spec's num_classes \(7", ""),
 ]
 
 
