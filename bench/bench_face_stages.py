@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,9 @@ from pipeline import images
 from pipeline.contract.tables import vectors_to_arrow, vectors_to_numpy
 from pipeline.models import dlib_models, sharing
 from pipeline.stages import action_units, faces, landmarks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run as a script: `bench` from the project
+from bench.face_stages_pipeline import decoders, pipeline_rates, write_markdown
 
 RESULTS = Path(__file__).parent / "results" / "bench_face_stages.json"
 SHARD = 50
@@ -372,11 +376,44 @@ def _print_table(title: str, rows: dict) -> None:
             print(f"  {name:34s} {value}")
 
 
+def _sections(root: Path, table: pa.Table, args) -> dict[str, dict]:
+    """Section name -> {result key: thunk}; `--sections` picks which run."""
+    given, hog, hog0 = faces.AlignConfig(detector="given"), faces.AlignConfig(), faces.AlignConfig(upsample=0)
+    hog_table = table.slice(0, args.hog_n).drop_columns(["given_bbox", "given_landmarks"])
+    given_table, repeat = table.slice(0, args.n), args.repeat
+    return {
+        "stages": {"stages_given_boxes": lambda: stage_table(root, given_table, given, repeat),
+                   "stages_dlib_hog_upsample0": lambda: stage_table(root, hog_table, hog0, repeat),
+                   "stages_dlib_hog": lambda: stage_table(root, hog_table, hog, repeat)},
+        "pipeline": {"pipeline_given_boxes": lambda: pipeline_rates(root, given_table, given, repeat, SHARD,
+                                                                    _cache_dir()),
+                     "pipeline_dlib_hog_upsample0": lambda: pipeline_rates(root, hog_table, hog0, repeat, SHARD,
+                                                                           _cache_dir())},
+        "mappers": {"mappers_given_boxes": lambda: mapper_rates(root, given_table, given, repeat),
+                    "mappers_dlib_hog": lambda: mapper_rates(root, hog_table, hog, repeat),
+                    "mappers_dlib_hog_upsample0": lambda: mapper_rates(root, hog_table, hog0, repeat)},
+        "decoders": {"decoders_500px": lambda: decoders(root, given_table.column("relpath").to_pylist())},
+        "gil": {"gil": lambda: gil_release(root, given_table.column("relpath")[0].as_py())},
+        "sharing": {"sharing_dlib_hog_2_threads": lambda: sharing_rates(root, hog_table, hog, repeat),
+                    "sharing_given_boxes_2_threads": lambda: sharing_rates(root, given_table, given, repeat)},
+        "reduced": {"reduced_decode_500px_forced_2": lambda: reduced_decode(root, table.slice(0, min(100, args.n)), 2),
+                    "reduced_decode_1000px_rule": lambda: reduced_decode(*upscaled_inputs(
+                        root, table.slice(0, min(100, args.n))))},
+        "hrnet": {"hrnet": lambda: hrnet_rates(8)},
+    }
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="images on the given-box path")
     parser.add_argument("--hog-n", type=int, default=30, help="images on the HOG path")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sections", default="all", help="comma-separated, of: stages, pipeline, mappers, "
+                        "decoders, gil, sharing, reduced, hrnet (default all); other sections stay in the JSON")
     parser.add_argument("--quick", action="store_true", help="n 60, hog-n 20, repeat 1")
     args = parser.parse_args()
     if args.quick:
@@ -385,41 +422,35 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = _load()
     root, table = make_inputs(max(args.n, args.hog_n))
-    given, hog = faces.AlignConfig(detector="given"), faces.AlignConfig()
-    hog_table = table.slice(0, args.hog_n).drop_columns(["given_bbox", "given_landmarks"])
-    given_table = table.slice(0, args.n)
-    out = {
-        "stages_given_boxes": stage_table(root, given_table, given, args.repeat),
-        "stages_dlib_hog": stage_table(root, hog_table, hog, args.repeat),
-        "mappers_given_boxes": mapper_rates(root, given_table, given, args.repeat),
-        "mappers_dlib_hog": mapper_rates(root, hog_table, hog, args.repeat),
-        "mappers_dlib_hog_upsample0": mapper_rates(root, hog_table, faces.AlignConfig(upsample=0), args.repeat),
-        "gil": gil_release(root, given_table.column("relpath")[0].as_py()),
-        "sharing_dlib_hog_2_threads": sharing_rates(root, hog_table, hog, args.repeat),
-        "sharing_given_boxes_2_threads": sharing_rates(root, given_table, given, args.repeat),
-        "reduced_decode_500px_forced_2": reduced_decode(root, table.slice(0, min(100, args.n)), 2),
-        "reduced_decode_1000px_rule": reduced_decode(*upscaled_inputs(root, table.slice(0, min(100, args.n)))),
-        "hrnet": hrnet_rates(8),
-    }
+    sections = _sections(root, table, args)
+    chosen = list(sections) if args.sections == "all" else args.sections.split(",")
+    unknown = [name for name in chosen if name not in sections]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; valid: {', '.join(sections)}")
+    out = json.loads(RESULTS.read_text()) if RESULTS.is_file() and args.sections != "all" else {}
+    for name in chosen:
+        for key, thunk in sections[name].items():
+            before = _load()
+            out[key] = thunk()
+            out[key]["load_before_after"] = [before, _load()]
+            _print_table(key, out[key])
     meta = {"machine": f"{platform.machine()} {os.cpu_count()}-core CPU, shared with other sessions; Python "
                        f"{platform.python_version()}, torch {torch.__version__}, opencv {cv2.__version__}, "
                        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-            "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+            "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": _load(),
             "images": f"{args.n} synthetic 500x500 JPEGs (q90), faces ~half the frame; HOG path on the first {args.hog_n}",
             "statistic": f"median of {args.repeat} runs", "shard_size": SHARD,
             "command": "bench/bench_face_stages.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                              (("n", args.n), ("hog_n", args.hog_n), ("repeat", args.repeat))),
+                                                              (("n", args.n), ("hog_n", args.hog_n),
+                                                               ("repeat", args.repeat), ("sections", args.sections))),
+            "sections_this_run": chosen,
             "not_measured": "fan (no weights here), openface (no binary here)"}
-    out = {**meta, **out}
-    for key, value in out.items():
-        if isinstance(value, dict):
-            _print_table(key, value)
-        else:
-            print(f"{key}: {value}")
+    out = {**out, **meta}
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nsaved {RESULTS}")
+    write_markdown(out, RESULTS.with_suffix(".md"))
+    print(f"\nsaved {RESULTS} and {RESULTS.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ module only gives it a `PrefectMapper`. Per-image stages run as one task per sha
 with retries on I/O errors (never on a configuration or data error: a retry would give the same answer),
 Prefect caching keyed on the store fingerprint and the shard's keys, and a progress artefact per stage.
 Graphs and noise run as concurrent tasks; the task runner (threads, a Dask LocalCluster, a Dask cluster)
-decides where. With `runner: processes` (the default) and the thread task runner, each shard task hands its
-shard to one of `max_workers` worker processes (pipeline.mappers.WorkerPool) and waits: Prefect keeps the
-caching, retries and progress, the processes get past the GIL. Dask workers are processes already.
+decides where. With `runner: processes` (the default) and the thread task runner, each shard task of a
+stage with at least `process_min_images` pending images hands its shard to one of `max_workers` worker
+processes (pipeline.mappers.WorkerPool) and waits: Prefect keeps the caching, retries and progress, the
+processes get past the GIL. Dask workers are processes already.
 """
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ class PrefectMapper(prepare.ShardMapper):
 
     name = "prefect"
 
-    def __init__(self, processes: int = 0):
-        self.processes, self.pool = processes, None
+    def __init__(self, processes: int = 0, min_images: int = 0):
+        self.processes, self.min_images, self.pool = processes, min_images, None
 
     def start(self, stages):
         from pipeline.mappers import WorkerPool, warm_backends
@@ -91,7 +92,8 @@ class PrefectMapper(prepare.ShardMapper):
     def map_shards(self, stage, work, shards, store_dir, refresh=False):
         if not shards:
             return
-        if self.pool is not None and len(shards) > 1:
+        if self.pool is not None and len(shards) > 1 and (self.pool.running or
+                                                          sum(s.num_rows for s in shards) >= self.min_images):
             self.pool.start()                  # from the flow's thread: workers live as long as it does
             work = partial(self.pool.run, work, stage=stage)
         runner = shard_task.with_options(name=f"{_task_name(stage)}-shard", refresh_cache=refresh or None)
@@ -123,7 +125,7 @@ def prepare_flow(config: PrepareConfig, processes: bool = True) -> dict:
     `processes`: shards in worker processes when `config.runner` is processes (False under Dask).
     """
     workers = config.max_workers if processes and config.runner == "processes" else 0
-    return prepare.run_prepare(config, PrefectMapper(workers), progress=True)
+    return prepare.run_prepare(config, PrefectMapper(workers, config.process_min_images), progress=True)
 
 
 def run_prepare(config: PrepareConfig, dask_address: str | None = None, dask_workers: int = 0) -> dict:

@@ -35,6 +35,7 @@ class PrepareConfig:
     shard_size: int = 250                   # images per task (100-500: one task per image is too costly)
     max_workers: int = 2                    # bounded concurrency of shard tasks
     runner: str = "processes"               # where shards run: serial | threads | processes (pipeline.prepare)
+    process_min_images: int = 2000          # processes: a stage with fewer pending images runs on threads
     align: dict = field(default_factory=dict)         # pipeline.stages.faces.AlignConfig fields
     landmarks: dict = field(default_factory=dict)     # pipeline.stages.landmarks.LandmarkConfig fields
     action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
@@ -50,6 +51,8 @@ class PrepareConfig:
             raise ConfigError(f"shard_size must be within 1..5000, got {self.shard_size}")
         if self.max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, got {self.max_workers}")
+        if self.process_min_images < 0:
+            raise ConfigError(f"process_min_images must be >= 0, got {self.process_min_images}")
         if self.runner not in RUNNERS:
             raise ConfigError(choices_message("runner", self.runner, RUNNERS))
         if self.lock_wait_s < 0:

@@ -25,7 +25,6 @@ pool gives such a stage nothing but start-up time.
 """
 from __future__ import annotations
 
-import builtins
 import importlib
 import logging
 import logging.handlers
@@ -132,7 +131,8 @@ def _started() -> int:
 def warm_backends(align, landmarks, action_units) -> None:
     """Load the per-image stages' models in this process (the stages' own up-front checks)."""
     from pipeline.stages import action_units as au_stage
-    from pipeline.stages import faces, landmarks as lm_stage
+    from pipeline.stages import faces
+    from pipeline.stages import landmarks as lm_stage
 
     faces.check_backend(align)
     lm_stage.check_backend(landmarks)
@@ -148,18 +148,18 @@ def _exception_class(failure: WorkerFailure) -> type[BaseException]:
             found = getattr(found, part)
     except (ImportError, AttributeError):
         return RuntimeError
-    return found if isinstance(found, type) and issubclass(found, BaseException) else RuntimeError
+    return found if isinstance(found, type) and issubclass(found, Exception) else RuntimeError
 
 
 def as_exception(failure: WorkerFailure) -> BaseException:
     """The worker's exception rebuilt in this process: its class (or the nearest base taking one message)."""
     for cls in _exception_class(failure).__mro__:
-        if not issubclass(cls, BaseException) or cls in (BaseException, builtins.object):
+        if not issubclass(cls, Exception):
             continue
         try:
             return cls(failure.message)
-        except Exception:    # noqa: BLE001 - a class with its own signature: try its base
-            continue
+        except Exception as exc:    # noqa: BLE001 - a class with its own signature: try its base
+            log.debug("%s(message) cannot be built (%s); trying its base class", cls.__name__, exc)
     return RuntimeError(failure.message)
 
 
@@ -219,9 +219,9 @@ class WorkerPool:
         except BrokenProcessPool:
             self._broken = True
             self.close()
-            raise ArtifactError(f"{stage}: a worker process died while running {_shard_label(shard)} (out of "
-                                "memory or a crash in native code?); finished shards are kept: run again to "
-                                "resume, or with --set runner=serial to find the image") from None
+            raise ArtifactError(f"{stage}: a worker process died (out of memory, or a crash in native code?); "
+                                "finished shards are kept: run again to resume, or with --set runner=serial to "
+                                "find the image") from None
         if failure is None:
             return count
         log.info("%s: %s failed in worker pid %d:\n%s", stage, _shard_label(shard), failure.pid, failure.traceback)

@@ -4,7 +4,8 @@
 How shards run is injected: a `ShardMapper` maps one stage's shard function over its shards. `ShardMapper`
 runs them one after another, `ThreadMapper(n)` on n threads, `ProcessMapper(n)` in n worker processes
 (pipeline.mappers); without a mapper, the config's `runner` (serial | threads | processes, default
-processes) and `max_workers` choose one. `flows/prepare.py` adds a Prefect-task mapper (caching, retries,
+processes: worker processes for stages of at least `process_min_images` pending images, threads below)
+and `max_workers` choose one. `flows/prepare.py` adds a Prefect-task mapper (caching, retries,
 progress artefacts, Dask through Prefect's task runner). From a notebook:
 
     from pipeline.config import load_prepare_config
@@ -16,6 +17,7 @@ is read; per-image stages compute only the shards no stored part holds yet, so a
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +38,8 @@ from pipeline.config import (
 )
 from pipeline.contract.errors import ArtifactError
 from pipeline.contract.lock import artifacts_root
-from pipeline.contract.tables import ACTION_UNITS, LANDMARKS, QUARANTINE, SAMPLES, append_quarantine, write_table
+from pipeline.contract.tables import (ACTION_UNITS, LANDMARKS, QUARANTINE, SAMPLES, append_quarantine, read_table,
+                                      write_table)
 from pipeline.store.parts import PartStore
 from pipeline.store.plan import VersionPlan, plan_version, spaces_present, stage_versions, version_is_complete
 from pipeline.store.runlock import exclusive_prepare, lock_path
@@ -99,13 +102,18 @@ class ThreadMapper(ShardMapper):
 
 class ProcessMapper(ThreadMapper):
     """Shards in `max_workers` spawned worker processes, each loading the models once (pipeline.mappers);
-    independent calls (graphs, noise) on threads of this process, as ThreadMapper."""
+    independent calls (graphs, noise) on threads of this process, as ThreadMapper.
+
+    A stage with fewer than `min_images` pending images (or one shard) runs on threads instead: starting
+    the workers (spawn, imports, models) takes 1.3-2.5 s here, and processes gain ~2 ms per image over
+    threads on the given-box path (bench/results/bench_face_stages.md), so below ~1,000 images they lose.
+    """
 
     name = "processes"
 
-    def __init__(self, max_workers: int = 2, start_method: str = "spawn"):
+    def __init__(self, max_workers: int = 2, start_method: str = "spawn", min_images: int = 0):
         super().__init__(max_workers)
-        self.start_method = start_method
+        self.start_method, self.min_images = start_method, min_images
         self.pool = None
 
     def start(self, stages):
@@ -119,6 +127,9 @@ class ProcessMapper(ThreadMapper):
         if self.pool is None or len(shards) < 2:
             yield from ShardMapper.map_shards(self, stage, work, shards, store_dir, refresh)
             return
+        if not self.pool.running and sum(s.num_rows for s in shards) < self.min_images:
+            yield from ThreadMapper.map_shards(self, stage, work, shards, store_dir, refresh)
+            return
         from pipeline.mappers import map_on_pool
 
         yield from map_on_pool(self.pool, stage, work, shards)
@@ -129,12 +140,11 @@ class ProcessMapper(ThreadMapper):
             self.pool = None
 
 
-RUNNERS = {"serial": lambda workers: ShardMapper(), "threads": ThreadMapper, "processes": ProcessMapper}
-
-
 def make_mapper(config: PrepareConfig) -> ShardMapper:
     """The mapper `config.runner` names, with `config.max_workers` workers."""
-    return RUNNERS[config.runner](config.max_workers)
+    if config.runner == "processes":
+        return ProcessMapper(config.max_workers, min_images=config.process_min_images)
+    return ThreadMapper(config.max_workers) if config.runner == "threads" else ShardMapper()
 
 
 # --- work units (module level, so process-based mappers can pickle them) -------------------------
@@ -145,14 +155,63 @@ def faces_shard(shard: pa.Table, image_root: Path, config, store_dir: Path) -> i
 
 
 def landmarks_shard(shard: pa.Table, faces_dir: Path, config, store_dir: Path) -> int:
-    PartStore(store_dir).write(assemble.landmarks_part(shard, PartStore(faces_dir), config))
+    PartStore(store_dir).write(assemble.landmarks_part(shard, upstream_store(shard, "faces", faces_dir), config))
     return shard.num_rows
 
 
 def action_units_shard(shard: pa.Table, faces_dir: Path, landmarks_dir: Path, config, store_dir: Path) -> int:
-    PartStore(store_dir).write(assemble.action_units_part(shard, PartStore(faces_dir), PartStore(landmarks_dir),
-                                                          config))
+    PartStore(store_dir).write(assemble.action_units_part(shard, upstream_store(shard, "faces", faces_dir),
+                                                          upstream_store(shard, "landmarks", landmarks_dir), config))
     return shard.num_rows
+
+
+# --- which upstream parts a shard reads -------------------------------------------------------------
+# A landmarks or AU shard gathers its crops and rows from the upstream stores. Reading every stored part's
+# keys for that made each shard's cost grow with the number of parts (quadratic over a stage: ~2.6 ms per
+# part and read, bench/results/scale.json). The parent indexes each upstream store once per stage and
+# names, in each shard's schema metadata, the parts that hold its keys; the shard reads only those.
+
+def _part_index(store: PartStore) -> dict[str, list[str]]:
+    """key -> names of the parts holding it (as a result or a quarantine row): one read of every part."""
+    index: dict[str, list[str]] = {}
+    for part in store.parts():
+        for table in ("rows.parquet", "quarantine.parquet"):
+            for key in read_table(part / table, ["key"]).column("key").to_pylist():
+                index.setdefault(key, []).append(part.name)
+    return index
+
+
+def with_upstream_parts(shards: list[pa.Table], stores: dict[str, PartStore]) -> list[pa.Table]:
+    """The shards, each naming (metadata `fer.parts.<label>`) the parts of each upstream store it needs."""
+    if not shards:
+        return shards
+    indexes = {label: _part_index(store) for label, store in stores.items()}
+    named = []
+    for shard in shards:
+        keys = shard.column("key").to_pylist()
+        metadata = dict(shard.schema.metadata or {})
+        for label, index in indexes.items():
+            names = sorted({name for key in keys for name in index.get(key, ())})
+            metadata[f"fer.parts.{label}".encode()] = json.dumps(names).encode()
+        named.append(shard.replace_schema_metadata(metadata))
+    return named
+
+
+class _PartSubset(PartStore):
+    """Some parts of a store, by name (in the store's own order)."""
+
+    def __init__(self, directory: Path, names: list[str]):
+        super().__init__(directory)
+        self.names = sorted(names)
+
+    def parts(self) -> list[Path]:
+        return [path for path in (self.directory / name for name in self.names) if path.is_dir()]
+
+
+def upstream_store(shard: pa.Table, label: str, directory: Path) -> PartStore:
+    """The upstream store as this shard needs it: the parts its metadata names, else every part."""
+    names = (shard.schema.metadata or {}).get(f"fer.parts.{label}".encode())
+    return PartStore(directory) if names is None else _PartSubset(directory, json.loads(names))
 
 
 def build_graph(version_dir: Path, space: str, graph_config) -> dict:
@@ -223,13 +282,15 @@ def _per_image_stages(config: PrepareConfig, stages: StageConfigs, plan: Version
     usable, quarantine = assemble.assemble_faces(PartStore(faces_dir), samples, keys, out, stages.align.crop_size)
 
     work = partial(landmarks_shard, faces_dir=faces_dir, config=stages.landmarks, store_dir=lm_dir)
-    shards = assemble.pending_shards(PartStore(lm_dir), samples, keys, size, only=usable)
+    shards = with_upstream_parts(assemble.pending_shards(PartStore(lm_dir), samples, keys, size, only=usable),
+                                 {"faces": PartStore(faces_dir)})
     counts["landmarks"] = run_stage("landmarks", work, shards, lm_dir, mapper, progress)
     quarantine += assemble.assemble_table(PartStore(lm_dir), samples, keys, usable, out / LANDMARKS, "landmarks")
 
     work = partial(action_units_shard, faces_dir=faces_dir, landmarks_dir=lm_dir, config=stages.action_units,
                    store_dir=au_dir)
-    shards = assemble.pending_shards(PartStore(au_dir), samples, keys, size, only=usable)
+    shards = with_upstream_parts(assemble.pending_shards(PartStore(au_dir), samples, keys, size, only=usable),
+                                 {"faces": PartStore(faces_dir), "landmarks": PartStore(lm_dir)})
     counts["action_units"] = run_stage("action units", work, shards, au_dir, mapper, progress)
     quarantine += assemble.assemble_table(PartStore(au_dir), samples, keys, usable, out / ACTION_UNITS,
                                           "action_units")

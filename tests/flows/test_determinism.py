@@ -111,7 +111,7 @@ def test_killed_mid_faces_and_resumed_builds_the_same_contents(reference, runner
     after the kill), and the resumed run computes exactly the shards no part holds."""
     artifacts = tmp_path / "artifacts"
     env = {**os.environ, "FER_ARTIFACTS": str(artifacts), "FER_MANIFESTS": str(tmp_path / "manifests")}
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE, *OVERRIDES, f"runner={runner}"], cwd=PROJECT,
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, *OVERRIDES, f"runner={runner}", "process_min_images=0"], cwd=PROJECT,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed_at = time.monotonic() + 240, None
     while time.monotonic() < deadline and process.poll() is None:
@@ -142,3 +142,15 @@ def test_dask_local_cluster_builds_the_same_contents(reference, prefect_api, tmp
     lock = json.loads((Path(distributed["path"]) / "manifest.json").read_text())
     assert lock["outputs"]["faces.parquet"]["hash"] == \
         json.loads((Path(reference["path"]) / "manifest.json").read_text())["outputs"]["faces.parquet"]["hash"]
+
+
+def test_prefect_flow_with_worker_processes_builds_the_same_contents(reference, prefect_api, tmp_path, monkeypatch):
+    """`make prepare`'s road: Prefect shard tasks on threads, each handing its shard to a worker process."""
+    from flows.prepare import run_prepare as run_flow
+
+    monkeypatch.setenv("FER_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("FER_MANIFESTS", str(tmp_path / "manifests"))
+    overrides = [*OVERRIDES, "runner=processes", "process_min_images=0"]
+    processed = run_flow(load_prepare_config(None, overrides))
+    assert processed["version"] == reference["version"] and processed["computed"]["faces"] == 24
+    assert_same_contents(Path(processed["path"]), Path(reference["path"]))

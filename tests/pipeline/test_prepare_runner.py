@@ -201,7 +201,7 @@ def test_the_runner_option_picks_the_mapper_and_refuses_an_unknown_one():
     assert type(make_mapper(load_prepare_config(None, ["runner=serial"]))) is ShardMapper
     assert type(make_mapper(load_prepare_config(None, ["runner=threads", "max_workers=3"]))) is ThreadMapper
     mapper = make_mapper(load_prepare_config(None, []))
-    assert isinstance(mapper, ProcessMapper) and mapper.max_workers == 2
+    assert isinstance(mapper, ProcessMapper) and mapper.max_workers == 2 and mapper.min_images == 2000
     with pytest.raises(ConfigError, match="unknown runner 'forks'; valid choices: serial, threads, processes"):
         load_prepare_config(None, ["runner=forks"])
 
@@ -228,7 +228,7 @@ def _shards(*sizes: int):
 @pytest.mark.parametrize("kind, raised, message", [
     ("data", "DataError", "truncated_or_corrupt_image: broken huffman table (train/00002.png)"),
     ("bug", "ValueError", "shapes (3,) and (4,) not aligned"),
-    ("die", "ArtifactError", "faces: a worker process died while running a shard of 2 images (first train/2-0.png)"),
+    ("die", "ArtifactError", "faces: a worker process died (out of memory, or a crash in native code?)"),
 ])
 def test_a_failure_in_a_worker_is_raised_here_as_one_line_with_its_class(kind, raised, message, caplog):
     import logging
@@ -262,10 +262,38 @@ def test_worker_processes_run_every_shard_once_and_a_small_stage_stays_in_this_p
         assert len(pool.pids) == 2 and os.getpid() not in pool.pids
     finally:
         pool.close()
-    mapper = ProcessMapper(2)
+    mapper = ProcessMapper(2, min_images=10)
     mapper.pool = WorkerPool(2)
-    try:   # one shard: no worker is started for it
-        assert list(mapper.map_shards("faces", partial(_fail_in_worker, kind="none"), _shards(6), Path("."))) == [6]
+    work = partial(_fail_in_worker, kind="none")
+    try:   # one shard, or fewer images than min_images: no worker is started for them
+        assert list(mapper.map_shards("faces", work, _shards(6), Path("."))) == [6]
+        assert sorted(mapper.map_shards("faces", work, _shards(4, 5), Path("."))) == [4, 5]
         assert not mapper.pool.running
+        assert sorted(mapper.map_shards("faces", work, _shards(5, 6), Path("."))) == [5, 6]
+        assert mapper.pool.running
     finally:
         mapper.close()
+
+
+def test_a_shard_reads_only_the_upstream_parts_that_hold_its_keys(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.prepare import upstream_store, with_upstream_parts
+    from pipeline.store.parts import Part, PartStore
+
+    faces = PartStore(tmp_path / "faces")
+    for start in (0, 4, 8):                     # three parts of 4 keys; key 9 quarantined
+        keys = [f"k{i}" for i in range(start, start + 4) if i != 9]
+        faces.write(Part(pa.table({"key": keys, "status": ["ok"] * len(keys)}), [("k9", "no_face", "")] * (start == 8),
+                         {"crops": np.full((len(keys), 2, 2, 3), start, np.uint8)}))    # [n, 2, 2, 3]
+    shards = [pa.table({"key": ["k2", "k5"]}), pa.table({"key": ["k9", "k10"]}), pa.table({"key": ["k1"]})]
+    named = with_upstream_parts(shards, {"faces": faces})
+    subsets = [upstream_store(shard, "faces", faces.directory) for shard in named]
+    assert [len(s.parts()) for s in subsets] == [2, 1, 1]
+    for shard, subset in zip(named, subsets):
+        keys = shard.column("key").to_pylist()
+        assert subset.gather(keys) == faces.gather(keys)
+        with_rows = [k for k in keys if k != "k9"]
+        assert np.array_equal(subset.gather_array("crops", with_rows), faces.gather_array("crops", with_rows))
+    assert type(upstream_store(shards[0], "faces", faces.directory)) is PartStore   # no metadata: every part
