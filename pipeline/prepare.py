@@ -38,8 +38,7 @@ from pipeline.config import (
 )
 from pipeline.contract.errors import ArtifactError
 from pipeline.contract.lock import artifacts_root
-from pipeline.contract.tables import (ACTION_UNITS, LANDMARKS, QUARANTINE, SAMPLES, append_quarantine, read_table,
-                                      write_table)
+from pipeline.contract.tables import ACTION_UNITS, LANDMARKS, QUARANTINE, SAMPLES, append_quarantine, write_table
 from pipeline.store.parts import PartStore
 from pipeline.store.plan import VersionPlan, plan_version, spaces_present, stage_versions, version_is_complete
 from pipeline.store.runlock import exclusive_prepare, lock_path
@@ -166,26 +165,14 @@ def action_units_shard(shard: pa.Table, faces_dir: Path, landmarks_dir: Path, co
 
 
 # --- which upstream parts a shard reads -------------------------------------------------------------
-# A landmarks or AU shard gathers its crops and rows from the upstream stores. Reading every stored part's
-# keys for that made each shard's cost grow with the number of parts (quadratic over a stage: ~2.6 ms per
-# part and read, bench/results/scale.json). The parent indexes each upstream store once per stage and
-# names, in each shard's schema metadata, the parts that hold its keys; the shard reads only those.
-
-def _part_index(store: PartStore) -> dict[str, list[str]]:
-    """key -> names of the parts holding it (as a result or a quarantine row): one read of every part."""
-    index: dict[str, list[str]] = {}
-    for part in store.parts():
-        for table in ("rows.parquet", "quarantine.parquet"):
-            for key in read_table(part / table, ["key"]).column("key").to_pylist():
-                index.setdefault(key, []).append(part.name)
-    return index
-
+# The parent indexes each upstream store once per stage (PartStore.key_index) and names, in each shard's
+# schema metadata, the parts that hold its keys; the shard's work reads only those.
 
 def with_upstream_parts(shards: list[pa.Table], stores: dict[str, PartStore]) -> list[pa.Table]:
     """The shards, each naming (metadata `fer.parts.<label>`) the parts of each upstream store it needs."""
     if not shards:
         return shards
-    indexes = {label: _part_index(store) for label, store in stores.items()}
+    indexes = {label: store.key_index() for label, store in stores.items()}
     named = []
     for shard in shards:
         keys = shard.column("key").to_pylist()
@@ -197,21 +184,10 @@ def with_upstream_parts(shards: list[pa.Table], stores: dict[str, PartStore]) ->
     return named
 
 
-class _PartSubset(PartStore):
-    """Some parts of a store, by name (in the store's own order)."""
-
-    def __init__(self, directory: Path, names: list[str]):
-        super().__init__(directory)
-        self.names = sorted(names)
-
-    def parts(self) -> list[Path]:
-        return [path for path in (self.directory / name for name in self.names) if path.is_dir()]
-
-
 def upstream_store(shard: pa.Table, label: str, directory: Path) -> PartStore:
     """The upstream store as this shard needs it: the parts its metadata names, else every part."""
     names = (shard.schema.metadata or {}).get(f"fer.parts.{label}".encode())
-    return PartStore(directory) if names is None else _PartSubset(directory, json.loads(names))
+    return PartStore(directory, None if names is None else json.loads(names))
 
 
 def build_graph(version_dir: Path, space: str, graph_config) -> dict:

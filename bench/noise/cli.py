@@ -50,8 +50,23 @@ def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Be
         raise ConfigError("give at least one noise variant (--noise) and one seed (--seeds)")
     name = args.name or str(options.get("name", "benchmark_noise_{dataset}")).format(dataset=args.dataset)
     runs_root = Path(args.runs_root or Path(os.environ.get("FER_RUNS") or PROJECT_ROOT / "runs") / "benchmarks")
+    unknown_options = sorted(set(options) - {"name", "notes"})
+    if unknown_options:
+        raise ConfigError(f"benchmark config {args.config}: unknown benchmark options {unknown_options}; "
+                          f"valid: name, notes")
+    notes = options.get("notes")
     return BenchmarkPlan(args.dataset, tuple(methods), variants, seeds, name, Path(args.out), runs_root,
-                         common, per_method, tuple(overrides), args.config, args.force, args.jobs)
+                         common, per_method, tuple(overrides), args.config, args.force, args.jobs,
+                         command_line(args), str(notes) if notes else None)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed, with the FER_* roots it ran under (for the results' Markdown)."""
+    import shlex
+
+    env = [f"{k}={os.environ[k]}" for k in ("FER_ARTIFACTS", "FER_MANIFESTS", "FER_RUNS") if os.environ.get(k)]
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    return " ".join([*env, "python bench/benchmark_noise.py", *(shlex.quote(a) for a in argv)])
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
@@ -73,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="training-config override for every cell (like training.train --set)")
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     return args, [parse_set(item) for item in args.set]   # the one --set parser (pipeline.contract.config)
 
 

@@ -56,6 +56,8 @@ class BenchmarkPlan:
     config_file: str | None = None
     force: bool = False
     jobs: int = 1                    # cells trained at once, each in its own process (harness._run_parallel)
+    command: str | None = None       # the command line, shown in the Markdown
+    notes: str | None = None         # hand-written Markdown appended to the results' Markdown (benchmark: notes:)
 
     @property
     def cells_dir(self) -> Path:

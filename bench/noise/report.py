@@ -79,7 +79,22 @@ def format_markdown(summary: dict) -> str:
     if summary["dataset"] == "synthetic":
         lines += [("The synthetic dataset checks the machinery and the methods; it is no measure of "
                    "real-world accuracy."), ""]
+    if summary.get("command"):
+        lines += [f"Command ({summary.get('jobs', 1)} cells at a time):", "", f"    {summary['command']}", ""]
+    lines += _notes(summary.get("notes_file"))
     return "\n".join(lines)
+
+
+def _notes(path: str | None) -> list[str]:
+    """The hand-written notes file (benchmark: notes:), appended as is; a missing file is said so."""
+    if not path:
+        return []
+    file = Path(path)
+    if not file.is_absolute() and not file.is_file():
+        file = Path(__file__).resolve().parents[2] / path
+    if not file.is_file():
+        return [f"(Notes file {path} not written yet.)", ""]
+    return [f"<!-- appended from {path} -->", "", file.read_text().rstrip(), ""]
 
 
 def _protocol_notes(summary: dict) -> list[str]:

@@ -52,21 +52,38 @@ class Part:
 class PartStore:
     """The parts of one per-image stage under `directory` (see module docstring)."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, names: list[str] | None = None):
         self.directory = Path(directory)
+        self.names = None if names is None else sorted(names)   # only these parts (see key_index)
 
     def parts(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
+        if self.names is not None:
+            return [path for path in (self.directory / name for name in self.names) if path.is_dir()]
         return sorted(p for p in self.directory.iterdir() if p.is_dir() and p.name.startswith(PART_PREFIX))
+
+    def _part_keys(self, part: Path) -> list[str]:
+        """The keys one part holds, as result rows then quarantine rows."""
+        return [key for table in ("rows.parquet", "quarantine.parquet")
+                for key in read_table(part / table, ["key"]).column("key").to_pylist()]
 
     def done_keys(self) -> set[str]:
         """Every key some finished part holds, as a result row or a quarantine row."""
-        keys: set[str] = set()
+        return {key for part in self.parts() for key in self._part_keys(part)}
+
+    def key_index(self) -> dict[str, list[str]]:
+        """key -> names of the parts holding it, from one read of every part.
+
+        A reader of a few keys hands `PartStore(directory, names)` the parts it needs: gathering from the
+        whole store reads every part's keys, so a stage of many shards reading its upstream store per
+        shard would cost quadratically in the number of parts (bench/results/scale.md).
+        """
+        index: dict[str, list[str]] = {}
         for part in self.parts():
-            keys.update(read_table(part / "rows.parquet", ["key"]).column("key").to_pylist())
-            keys.update(read_table(part / "quarantine.parquet", ["key"]).column("key").to_pylist())
-        return keys
+            for key in self._part_keys(part):
+                index.setdefault(key, []).append(part.name)
+        return index
 
     def write(self, part: Part) -> Path:
         """Write a part atomically; its name is the hash of its keys, so a rewrite is idempotent."""

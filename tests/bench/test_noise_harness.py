@@ -188,3 +188,19 @@ def test_soft_branch_is_chosen_on_validation_when_the_version_has_one(tmp_path_f
     soft = json.loads((tmp_path / "results" / "bench_synthetic_test_cells" / "soft__sym-0.30__s0.json").read_text())
     assert soft["branch"]["selected_on"] == "val" and set(soft["branch"]["selection_accuracy"]) == {
         "student", "teacher"}
+
+
+def test_markdown_names_the_command_and_appends_the_notes_file(tmp_path):
+    from bench.noise.report import format_markdown
+
+    notes = tmp_path / "findings.md"
+    summary = {"dataset": "synthetic", "dataset_version": "v", "methods": ["baseline"], "variants": ["clean"],
+               "seeds": [0], "table": [], "cells": [], "machine": {"description": "2-core CPU"},
+               "config_file": None, "overrides": [], "command": "python bench/benchmark_noise.py --jobs 2",
+               "jobs": 2, "notes_file": str(notes)}
+    assert "not written yet" in format_markdown(summary)
+    notes.write_text("## Findings\n\nLA-Net's EL loss never fires.\n")
+    text = format_markdown(summary)
+    assert "    python bench/benchmark_noise.py --jobs 2" in text and "LA-Net's EL loss never fires." in text
+    plan = build_plan(*parse_args(["--dataset", "synthetic", "--jobs", "2", "--out", str(tmp_path)]))
+    assert plan.command.endswith("python bench/benchmark_noise.py --dataset synthetic --jobs 2 --out " + str(tmp_path))
