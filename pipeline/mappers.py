@@ -85,13 +85,10 @@ def limit_threads() -> None:
     """One thread for OpenCV, BLAS/OpenMP and torch in this process (where they are loaded)."""
     for key in THREAD_ENV:
         os.environ[key] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
     import cv2
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
     cv2.setNumThreads(1)
     if "torch" in sys.modules:
