@@ -274,11 +274,17 @@ def _per_image_stages(config: PrepareConfig, stages: StageConfigs, plan: Version
     return counts
 
 
-def _global_stages(stages: StageConfigs, out: Path, mapper: ShardMapper) -> dict:
+def _global_stages(stages: StageConfigs, out: Path, mapper: ShardMapper, timings: dict[str, float]) -> dict:
+    """Graphs and noise variants; each graph's build and recall seconds go into `timings` (the manifest's
+    "seconds"), never into the graph file, whose bytes depend on the inputs only."""
     calls = {f"graph-{space}": partial(build_graph, out, space, stages.graphs)
              for space in spaces_present(out, stages.spaces)}
     calls["noise"] = partial(write_noise, out, stages.noise, stages.spec.num_classes)
     results = mapper.run_calls("graphs and noise", calls)
+    for name in calls:
+        if name != "noise":
+            timings[f"{name}-build"] = results[name]["build_seconds"]
+            timings[f"{name}-recall"] = results[name]["recall_seconds"]
     graphs = {results[name]["space"]: results[name].get("recall_at_k") for name in calls if name != "noise"}
     return {"graphs": graphs, "noise": results["noise"]}
 
@@ -310,7 +316,7 @@ def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, p
         counts["pseudo_va"] = mapper.call("pseudo_va", partial(write_pseudo_va, out, stages.pseudo_va))
         timings["pseudo_va"] = time.perf_counter() - start
     start = time.perf_counter()
-    counts.update(_global_stages(stages, out, mapper))
+    counts.update(_global_stages(stages, out, mapper, timings))
     timings["global"] = time.perf_counter() - start
     if config.report:
         start = time.perf_counter()

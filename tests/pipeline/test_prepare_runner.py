@@ -46,6 +46,8 @@ def test_a_whole_prepare_runs_without_prefect():
                  "manifest.json", "crops/crops.u8"):
         assert (directory / name).is_file(), name
     assert read_lock("synthetic")["version"] == summary["version"]
+    seconds = json.loads((directory / "manifest.json").read_text())["summary"]["seconds"]   # timings: the manifest
+    assert seconds["graph-au-build"] >= 0 and seconds["graph-au-recall"] >= 0
 
 
 def _strings(value):
