@@ -25,20 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_train_throughput import endless_batches  # noqa: E402
 from bench.gpu_common import device_info, pick_device, save, timed  # noqa: E402
 
 GPU = {"backbone": "resnet18", "image": 224, "batch": 128, "groups": 32, "steps": 30, "warmup": 5}
 SMOKE = {"backbone": "tiny", "image": 56, "batch": 16, "groups": 4, "steps": 2, "warmup": 1}
 METHODS = ("baseline", "ldl_alsg", "lanet", "soft", "ldlva")
-
-
-def endless(run):
-    """Device-ready batches from the run's loader, epoch after epoch."""
-    epoch = 0
-    while True:
-        run.sampler.set_epoch(epoch)
-        yield from run.train_loader
-        epoch += 1
 
 
 def measure(method: str, dataset: str, roots: tuple[Path, Path], graphs: tuple[str, ...], preset: dict,
@@ -60,7 +52,7 @@ def measure(method: str, dataset: str, roots: tuple[Path, Path], graphs: tuple[s
         overrides += [("data.au_graph", "au"), ("method_config.graph_space", "au")]
     config = resolve_config(method, dataset, "sym-0.30", None, overrides)
     run = setup(config)
-    stream = endless(run)
+    stream = endless_batches(run)
     info = StepInfo(0, 0, run.total_steps, config.epochs)
     fixed = to_device(next(stream), run.device, run.channels_last)
     for key in ("image", "image2"):

@@ -50,7 +50,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _batches(run):
+def endless_batches(run):
     """Endless device batches from the run's loader, epoch after epoch."""
     epoch = 0
     while True:
@@ -86,7 +86,7 @@ def measure(method: str, version, preset: dict, args, runs_root: str) -> dict:
                  ("runtime.threads", str(args.threads)), ("runtime.device", args.device), ("epochs", "50")]
     config = resolve_config(method, version.dataset, "sym-0.30", None, overrides + va_stand_in(method, version))
     run = setup(config)
-    stream = _batches(run)
+    stream = endless_batches(run)
     info = lambda: StepInfo(0, 0, run.total_steps, config.epochs)
 
     def pipeline_step() -> int:
