@@ -87,7 +87,10 @@ def _graph_config(fields: dict):
     from pipeline.knn import KnnConfig
     from pipeline.stages.graphs import DEFAULT_SIGMA, GraphConfig
 
-    spaces = coerce(fields.pop("spaces", DEFAULT_SPACES), tuple[str, ...], "graphs.spaces")
+    from pipeline.contract.graphs import check_space_name
+
+    spaces = tuple(check_space_name(s) for s in coerce(fields.pop("spaces", DEFAULT_SPACES), tuple[str, ...],
+                                                         "graphs.spaces"))
     knn_names = {f.name for f in dataclasses.fields(KnnConfig)}
     graph_names = {f.name for f in dataclasses.fields(GraphConfig)} - {"knn"}
     unknown = sorted(set(fields) - knn_names - graph_names)

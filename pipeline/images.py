@@ -11,6 +11,9 @@ judged the same way everywhere. What it handles:
   is composited over white (ALPHA_BACKGROUND), as a viewer shows it, so colour hidden under transparent
   pixels never leaks into a crop.
 - Multi-frame files (GIF, TIFF): the first frame.
+- Images above a pixel limit (`max_image_pixels()`: $FER_MAX_IMAGE_PIXELS, default Pillow's own
+  89,478,485) are refused as `image_too_large` from the header's size, before any pixel is decoded: a
+  144-megapixel PNG of 136 KB would otherwise take ~800 MB to decode.
 - Reduced-size JPEG decoding (`reduce` = 2, 4 or 8): libjpeg's DCT scaling through Pillow's draft mode,
   several times faster than a full decode followed by a downscale; the pixel grid of a reduced image
   relates to the full one by x_full = k * (x_reduced + 0.5) - 0.5 (`reduced_to_full`).
@@ -20,13 +23,15 @@ A file that cannot be used raises ImageReadError with a short reason code (REASO
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 
-from pipeline.contract.errors import DataError
+from pipeline.contract.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,8 @@ ALPHA_BACKGROUND = 255          # transparent pixels are shown over white
 EXIF_ORIENTATION = 0x0112
 REDUCTIONS = (1, 2, 4, 8)       # what libjpeg's DCT scaling offers
 MIN_SIDE = 2
+DEFAULT_MAX_PIXELS = 89_478_485    # Pillow's own default Image.MAX_IMAGE_PIXELS (1024**3 // 4 // 3)
+MAX_PIXELS_ENV = "FER_MAX_IMAGE_PIXELS"
 REASONS = ("missing_file", "empty_file", "not_an_image", "truncated_or_corrupt_image", "image_too_large",
            "image_too_small", "unsupported_mode")
 
@@ -56,9 +63,45 @@ class ImageInfo:
     height: int
 
 
+def max_image_pixels() -> int:
+    """The pixel limit (width x height) above which an image is refused undecoded: $FER_MAX_IMAGE_PIXELS,
+    default Pillow's own."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 10**12:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count: give a whole number within "
+                          f"1..10^12 (default {DEFAULT_MAX_PIXELS}, Pillow's)")
+    return value
+
+
+def _pillow_limit(Image, limit: int) -> None:
+    """Pillow's own bomb check follows ours (it warns above, and refuses above twice, its MAX_IMAGE_PIXELS):
+    images above `limit` are refused here with a reason, so its warning is silenced once."""
+    if Image.MAX_IMAGE_PIXELS != limit:
+        Image.MAX_IMAGE_PIXELS = limit
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _too_large(image, path: Path, limit: int) -> None:
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise ImageReadError("image_too_large", f"{width}x{height} = {width * height:,} pixels, above the limit of "
+                             f"{limit:,} ({MAX_PIXELS_ENV}); refused before decoding", path)
+
+
 def _open(path: Path):
-    """Image.open with every failure mapped to a reason code."""
+    """Image.open with every failure mapped to a reason code; an image above the pixel limit is refused
+    from its header, before any decoding."""
     from PIL import Image, UnidentifiedImageError
+
+    limit = max_image_pixels()
+    _pillow_limit(Image, limit)
 
     try:
         size = path.stat().st_size
@@ -69,13 +112,15 @@ def _open(path: Path):
     if size == 0:
         raise ImageReadError("empty_file", "zero bytes", path)
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except UnidentifiedImageError as exc:
         raise ImageReadError("not_an_image", str(exc), path) from None
     except Image.DecompressionBombError as exc:
         raise ImageReadError("image_too_large", str(exc), path) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError("truncated_or_corrupt_image", f"{type(exc).__name__}: {exc}", path) from None
+    _too_large(image, path, limit)
+    return image
 
 
 def _orientation(image) -> int:

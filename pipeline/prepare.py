@@ -291,6 +291,8 @@ def _global_stages(stages: StageConfigs, out: Path, mapper: ShardMapper, timings
 
 def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, progress: bool) -> dict:
     from pipeline.sources import prepare_source
+    from pipeline.sources.base import require_samples
+    from pipeline.store import repair
     from pipeline.store.lockfile import ensure_lock, finish_version, samples_metadata
 
     timings: dict[str, float] = {}
@@ -298,9 +300,12 @@ def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, p
     source = mapper.call("sources", partial(prepare_source, stages.spec, config.root, None,
                                             overrides=stages.source or None, progress=progress))
     timings["sources"] = time.perf_counter() - start
+    require_samples(source)
     plan = plan_version(config, stages, source.fingerprint, stage_versions())
-    if version_is_complete(plan):
+    repair.clean_temporaries(plan)
+    if version_is_complete(plan) and repair.intact(plan):      # a damaged version is rebuilt below
         ensure_lock(plan)
+        repair.point_latest(plan.dataset, plan.version)
         log.info("version %s of %s is complete: nothing to do", plan.version, plan.dataset)
         return {"dataset": plan.dataset, "version": plan.version, "path": str(plan.version_dir),
                 "computed": {}, "reused": True, "source": source.summary()}

@@ -10,6 +10,7 @@ import yaml
 from pipeline.contract.classes import CANONICAL_CLASSES, class_names
 from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.contract.lock import specs_root
+from pipeline.contract.names import plain_name
 
 ALIGNMENTS = ("detect", "given", "prealigned")
 
@@ -32,6 +33,7 @@ class DatasetSpec:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        plain_name("dataset spec name", self.name)   # it names the version, parts and lock folders
         class_names(self.num_classes)  # validates 7 or 8
         if self.alignment not in ALIGNMENTS:
             raise ConfigError(choices_message("alignment", self.alignment, ALIGNMENTS))
@@ -63,13 +65,21 @@ def known_specs(root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (root or specs_root()).glob("*.yaml"))
 
 
+def _dataset_name(name: object, root: Path | None) -> str:
+    """A dataset given by name: a plain name (it becomes a path), else one line with the valid choices."""
+    try:
+        return plain_name("dataset", str(name))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; valid choices: {', '.join(known_specs(root))} (or a spec .yaml path)") from None
+
+
 def load_spec(name_or_path: str | Path, overrides: dict | None = None, root: Path | None = None) -> DatasetSpec:
     """Load a spec by dataset name (data_manifests/specs/<name>.yaml) or by a YAML path."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         path = candidate
     else:
-        path = (root or specs_root()) / f"{name_or_path}.yaml"
+        path = (root or specs_root()) / f"{_dataset_name(name_or_path, root)}.yaml"
     if not path.is_file():
         raise ConfigError(choices_message("dataset", str(name_or_path), known_specs(root)) +
                           f" (or give a spec file path; looked for {path})")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.contract.errors import ArtifactError, ConfigError
-from pipeline.contract.lock import artifacts_root, declared_roots, read_lock, resolve_record
+from pipeline.contract.lock import artifacts_root, declared_roots, manifests_root, read_lock, resolve_record
+from pipeline.contract.names import plain_name
 from pipeline.contract.tables import MANIFEST, SAMPLES, read_table
 from pipeline.store.outputs import HASH_THREADS, file_record, hash_files, image_digest, output_files
 
@@ -140,13 +141,47 @@ def _check_sources(lock: dict, version_dir: Path, dataset_root, drift: Drift) ->
     _check_images(sources, version_dir, image_root, drift)
 
 
-def verify_version(dataset: str, version: str = "latest", dataset_root: str | Path | None = None,
-                   sources: bool = True, artifacts: Path | None = None, manifests: Path | None = None) -> Drift:
-    """Re-hash a version's outputs (and, with `sources`, its source files) against its lock."""
+def checked_version(dataset: str, version: str, manifests: Path | None = None) -> str:
+    """The version id asked for, `latest` followed: each a plain name, since each becomes a path.
+
+    A `latest` holding anything but a version id (garbage, `../x`, several lines) is a damaged artefact.
+    """
+    plain_name("dataset", dataset)
+    if version != "latest":
+        return plain_name("version", version)
+    pointer = (manifests or manifests_root()) / "versions" / dataset / "latest"
+    if not pointer.is_file():
+        return version                  # read_lock says there is no prepared version
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+        return plain_name("version id", text)
+    except (UnicodeDecodeError, ConfigError) as exc:
+        raise ArtifactError(f"the latest pointer {pointer} does not hold a version id ({exc}); run `make prepare "
+                            f"DATASET={dataset}` to rewrite it, or give --version") from None
+
+
+def _read_lock(dataset: str, version: str, manifests: Path | None) -> dict:
+    """The lock of `version`, or one line: missing (a ConfigError with the known versions), not JSON, or
+    naming another version than its file."""
     try:
         lock = read_lock(dataset, version, root=manifests)
     except ArtifactError as exc:
         raise ConfigError(str(exc)) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"the lock of {dataset} version {version} is not valid JSON ({exc}); restore it "
+                            f"or prepare the version again") from None
+    if not isinstance(lock, dict) or lock.get("version") != version:
+        named = lock.get("version") if isinstance(lock, dict) else type(lock).__name__
+        raise ArtifactError(f"the lock of {dataset} version {version} names version {named!r}: it was edited "
+                            f"or copied; restore it or prepare the version again")
+    return lock
+
+
+def verify_version(dataset: str, version: str = "latest", dataset_root: str | Path | None = None,
+                   sources: bool = True, artifacts: Path | None = None, manifests: Path | None = None) -> Drift:
+    """Re-hash a version's outputs (and, with `sources`, its source files) against its lock."""
+    version = checked_version(dataset, version, manifests)
+    lock = _read_lock(dataset, version, manifests)
     version_dir = (artifacts or artifacts_root()) / dataset / lock["version"]
     drift = Drift(dataset, lock["version"])
     if not version_dir.is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contract.errors import ArtifactError
+from pipeline.contract.storage import allocate
 
 FORMAT = "memmap-u8-v1"
 DATA_FILE = "crops.u8"
@@ -21,18 +22,29 @@ VALID_FILE = "valid.npy"
 
 
 def create_crop_store(directory: str | Path, num_samples: int, size: int) -> np.memmap:
-    """Create (or reopen for writing, when the shape matches) a zero-filled store; returns the writable array."""
+    """Create (or reopen for writing, when the shape and size match) a zero-filled store; returns the writable array.
+
+    The data file's blocks are allocated before it is mapped (posix_fallocate), so a full disk fails here
+    with one StorageError naming the file and the space needed, never later with SIGBUS on a write
+    through the map.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     index = {"format": FORMAT, "num_samples": int(num_samples), "size": int(size), "channels": 3, "dtype": "uint8"}
     index_path = directory / INDEX_FILE
     shape = (num_samples, size, size, 3)
+    nbytes = int(np.prod(shape))
     data_path = directory / DATA_FILE
-    if index_path.is_file() and json.loads(index_path.read_text()) == index and data_path.is_file():
+    if index_path.is_file() and json.loads(index_path.read_text()) == index and data_path.is_file() \
+            and data_path.stat().st_size == nbytes:
+        allocate(data_path, nbytes, "r+b")          # a store left sparse by an older writer gets its blocks
         return np.memmap(data_path, dtype=np.uint8, mode="r+", shape=shape)
+    index_path.unlink(missing_ok=True)              # the index is written last: without it, no store
+    data_path.unlink(missing_ok=True)               # a reader's map keeps the old file, never a truncated one
+    allocate(data_path, nbytes, "wb")
     tmp = directory / f".{INDEX_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(index, indent=2))
-    array = np.memmap(data_path, dtype=np.uint8, mode="w+", shape=shape)
+    array = np.memmap(data_path, dtype=np.uint8, mode="r+", shape=shape)
     os.replace(tmp, index_path)
     return array
 

@@ -28,6 +28,11 @@ class ArtifactError(FerError):
     """A prepared artefact is missing, incomplete or does not match the contract."""
 
 
+class StorageError(FerError):
+    """A write the run needs cannot be made: the disk is full, or the store is read-only. The message names
+    the path and the space needed (or the root that must be made writable); finished work is kept."""
+
+
 def choices_message(kind: str, value: object, choices: Iterable[object]) -> str:
     """`unknown dataset 'afectnet'; valid choices: affectnet, ferplus, ...`"""
     listed = ", ".join(str(c) for c in choices)

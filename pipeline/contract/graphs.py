@@ -6,7 +6,6 @@ a_ij = exp(-d_ij^2 / (2 sigma^2)); file metadata records how the graph was built
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.contract.errors import ArtifactError, ConfigError
+from pipeline.contract.names import plain_name
 from pipeline.contract.tables import (
     GRAPHS_DIR,
     read_metadata,
@@ -25,8 +25,6 @@ from pipeline.contract.tables import (
     vectors_to_numpy,
     write_table,
 )
-
-_SPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
 def graph_schema(k: int) -> pa.Schema:
@@ -82,10 +80,13 @@ def read_graph(path: str | Path, with_distances: bool = True) -> GraphArrays:
     )
 
 
-def check_space_name(space: str) -> None:
-    """A space name becomes a file name: lower-case letters, digits, '_' and '-'."""
-    if not _SPACE_NAME.match(space):
-        raise ConfigError(f"graph space name {space!r} must match {_SPACE_NAME.pattern} (it names a file)")
+def check_space_name(space: object) -> str:
+    """A space name becomes a file name (graphs/<space>.parquet, features/<space>.parquet): a plain name
+    (pipeline.contract.names), in lower case so two spaces never share a file on a case-blind disk."""
+    name = plain_name("graph space", space)
+    if name != name.lower():
+        raise ConfigError(f"graph space {name!r} must be lower case (it names a file); use {name.lower()!r}")
+    return name
 
 
 def write_graph(path: str | Path, table: pa.Table, metadata: Mapping[str, object]) -> Path:

@@ -5,7 +5,8 @@ Columns: subDirectory_filePath, face_x, face_y, face_width, face_height, facial_
 it is detected, not assumed (a header repeated further down, as left by concatenating files, is an
 excluded row). Native ids 8 (none), 9 (uncertain), 10 (no-face) are excluded and counted; so is
 contempt (7) in a 7-class view. Boxes that are NULL, non-numeric, non-finite, negative or without
-area are quarantined (`bad_box`), as are landmark strings that are present but not 68 finite points
+area are quarantined (`bad_box`), and so, once the image's size is known, is a box lying wholly outside
+its image (`box_outside_image`, the faces stage's reason for the same fault), as are landmark strings that are present but not 68 finite points
 (`bad_landmarks`); an empty or NULL landmark field keeps the row without points. Valence or arousal outside
 [-1, 1] (AffectNet writes -2 for "not annotated") or non-numeric is stored as null.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contract.errors import ConfigError
+from pipeline.geometry import clip_box
 from pipeline.sources.base import SourceRecord, SourceScan, fit_cells, read_csv_rows
 from pipeline.specs import DatasetSpec
 
@@ -62,6 +64,17 @@ def _box_problem(cells: list[str]) -> tuple[list[float] | None, str]:
     if box[2] <= 0 or box[3] <= 0:
         return None, f"face box without area {cells}"
     return box, ""
+
+
+def box_outside_image(record: SourceRecord, width: int, height: int) -> tuple[str, str] | None:
+    """(reason, detail) when the given box has nothing inside the upright width x height image, else None."""
+    if record.given_bbox is None:
+        return None
+    clipped = clip_box(record.given_bbox, width, height)
+    if clipped[2] > 0 and clipped[3] > 0:
+        return None
+    box = [round(float(v), 2) for v in record.given_bbox]
+    return "box_outside_image", f"face box {box} lies wholly outside the {width}x{height} image"
 
 
 def _landmarks(text: str) -> tuple[np.ndarray | None, str]:
@@ -125,7 +138,8 @@ def _parse_row(cells: list[str], where: str, split: str, spec: DatasetSpec, scan
 def scan_affectnet(root: Path, spec: DatasetSpec, work_dir: Path) -> SourceScan:
     """Read both label files into records; images are validated later by build_samples."""
     scan = SourceScan(image_root=_image_root(root, spec), landmark_points=LANDMARK_POINTS, inputs=0,
-                      with_va=True, with_given_box=True, params={"adapter": f"affectnet@{ADAPTER_VERSION}"})
+                      with_va=True, with_given_box=True, params={"adapter": f"affectnet@{ADAPTER_VERSION}"},
+                      check_record=box_outside_image)
     for split, relfile in spec.splits.items():
         path = root / relfile
         if not path.is_file():

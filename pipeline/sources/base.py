@@ -17,28 +17,29 @@ import re
 import stat
 import string
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.contract.classes import SPLITS
-from pipeline.contract.errors import FerError
+from pipeline.contract.errors import ConfigError, DataError, FerError
 from pipeline.contract.tables import QuarantineRow, samples_schema, vectors_to_arrow
-from pipeline.images import probe
+from pipeline.images import max_image_pixels, probe
 from pipeline.specs import DatasetSpec
 from pipeline.store.hashing import HashCache
 
 log = logging.getLogger(__name__)
 STAGE = "sources"
-Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs, allow real photos (pipeline.images decodes)
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 CELL_STRIP = string.whitespace + "\ufeff"      # a BOM left inside a line (concatenated files) is junk
 ESCAPE_REASON = "path_escapes_root"
+NAME_REASON = "file_name_not_utf8"
+RecordCheck = Callable[["SourceRecord", int, int], "tuple[str, str] | None"]
 
 
 def read_text_lines(path: Path) -> list[tuple[int, str]]:
@@ -96,6 +97,18 @@ def unsafe_relpath(relpath: str) -> str | None:
     return None
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes a file name held that are not UTF-8 (lone surrogates) become `\\xNN`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def normal_relpath(relpath: str) -> str:
     """`a//b` and `a/b/` name the same file as `a/b` (so duplicates are caught)."""
     return str(PurePosixPath(relpath))
@@ -133,9 +146,12 @@ class SourceScan:
     with_given_box: bool = False
     with_true_aus: bool = False
     params: dict = field(default_factory=dict)              # literal parameters for the fingerprint
+    check_record: RecordCheck | None = None   # adapter's check of a record against its image's (width, height)
 
     def quarantine_row(self, relpath: str, reason: str, detail: str = "") -> None:
-        self.quarantine.append(QuarantineRow(relpath=relpath, stage=STAGE, reason=reason, detail=detail))
+        """One quarantine row; a name that is not UTF-8 is written with its odd bytes as `\\xNN`."""
+        self.quarantine.append(QuarantineRow(relpath=printable(relpath), stage=STAGE, reason=reason,
+                                             detail=printable(detail)))
 
 
 def _check_image(path: Path) -> tuple[str | None, str, int, int]:
@@ -150,6 +166,8 @@ def _check_image(path: Path) -> tuple[str | None, str, int, int]:
         return "not_a_regular_file", f"mode {stat.filemode(info.st_mode)}", 0, 0
     try:
         found = probe(path)
+    except ConfigError:       # the run's settings (the pixel limit), not this image
+        raise
     except Exception as exc:  # noqa: BLE001 - a decoder failing on one file must not stop the scan
         return "truncated_or_corrupt_image", f"{type(exc).__name__}: {exc}", 0, 0
     return found.reason, found.detail, found.width, found.height
@@ -180,6 +198,10 @@ def _screen(scan: SourceScan, root: Path) -> list[tuple[SourceRecord, Path]]:
         if problem:
             scan.quarantine_row(record.relpath, ESCAPE_REASON, problem)
             continue
+        if printable(record.relpath) != record.relpath:
+            scan.quarantine_row(record.relpath, NAME_REASON, "the file name is not valid UTF-8 (its odd bytes are "
+                                                             "shown as \\xNN): rename the file to keep it")
+            continue
         record.relpath = normal_relpath(record.relpath)
         path, why = _inside(root, record.relpath)
         if path is None:
@@ -196,12 +218,16 @@ def validate_records(scan: SourceScan, cache: HashCache, workers: int = 4,
                      progress: bool = True) -> tuple[list[SourceRecord], list[str], list[tuple[int, int]]]:
     """Keep the records whose image is usable; quarantine the rest. Returns (records, hashes, sizes)."""
     root = scan.image_root.resolve()
+    max_image_pixels()                  # a bad limit fails once, here, not once per image
     candidates = _screen(scan, root)
 
     def check(item: tuple[SourceRecord, Path]) -> tuple[str | None, str, int, int, str]:
         reason, detail, width, height = _check_image(item[1])
         if reason is not None:
             return reason, _root_free(detail, root), width, height, ""
+        verdict = scan.check_record(item[0], width, height) if scan.check_record else None
+        if verdict is not None:
+            return verdict[0], verdict[1], width, height, ""
         try:
             return None, "", width, height, cache.hash(item[1])
         except OSError as exc:   # removed or made unreadable between the check and the hash
@@ -286,3 +312,19 @@ def build_samples_table_from_scan(spec: DatasetSpec, scan: SourceScan, cache: Ha
     if not records:
         log.warning("no usable samples in %s", scan.image_root)
     return samples_table(spec, scan, records, hashes, sizes)
+
+
+def require_samples(source) -> None:
+    """A prepare needs samples: a SourceResult with none (an empty label file, every input set aside) is one
+    DataError naming the files and what became of their inputs, before any stage runs."""
+    if source.samples.num_rows:
+        return
+    where = ", ".join(Path(p).name for p in source.label_files) or f"the folders under {Path(source.image_root).name}/"
+    if not source.inputs:
+        raise DataError(f"dataset {source.spec.name!r}: {where} list no samples (an empty file or folder?): "
+                        f"nothing to prepare; check the dataset root")
+    reasons = Counter(source.quarantine.column("reason").to_pylist())
+    quarantined = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) or "none"
+    excluded = ", ".join(f"{key} {count}" for key, count in sorted(source.exclusions.items())) or "none"
+    raise DataError(f"dataset {source.spec.name!r}: none of the {source.inputs} inputs in {where} is usable "
+                    f"(quarantined: {quarantined}; excluded: {excluded}): nothing to prepare")

@@ -31,7 +31,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 SYSTEM_NAMES = {"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "system volume information"}
 LINK_REASONS = {"dangling_symlink": "dangling_symlink", "symlink_loop": "symlink_loop",
                 "escaping_symlink": ESCAPE_REASON, "symlinked_dir": "symlinked_folder",
-                "special": "not_a_regular_file", "unreadable_dir": "unreadable_folder"}
+                "special": "not_a_regular_file", "unreadable_dir": "unreadable_folder",
+                "unreadable_entry": "unreadable_file"}
 
 
 def _class_of(folder: str, spec: DatasetSpec) -> str | None:
@@ -64,20 +65,44 @@ def _symlink_kind(link: Path, root: Path) -> str:
     return "file" if target.is_file() else "special"
 
 
-def walk(directory: Path, root: Path) -> Iterator[tuple[Path, str]]:
-    """Every entry below `directory`, sorted, as (path, kind); real folders are descended, links are not."""
+def _kind(entry: Path, root: Path) -> str:
+    """What one listed entry is: file, dir, special, a symlink kind, or unreadable (its stat failed)."""
     try:
-        entries = sorted(directory.iterdir())
-    except OSError:   # a folder we may not list is one reported entry
-        yield directory, "unreadable_dir"
-        return
-    for entry in entries:
         if entry.is_symlink():
-            yield entry, _symlink_kind(entry, root)
-        elif entry.is_dir():
-            yield from walk(entry, root)
+            return _symlink_kind(entry, root)
+        if entry.is_dir():
+            return "dir"
+        return "file" if entry.is_file() else "special"
+    except OSError:       # e.g. a path longer than the system allows
+        return "unreadable_entry"
+
+
+def walk(directory: Path, root: Path) -> Iterator[tuple[Path, str]]:
+    """Every entry below `directory`, sorted, as (path, kind); real folders are descended, links are not.
+
+    Depth-first with an explicit stack (no recursion), so folders nested thousands deep are walked too; a
+    folder that cannot be listed (no permission, a path longer than the system allows) is one entry.
+    """
+    stack: list[Iterator[Path]] = []
+    folder: Path | None = directory
+    while True:
+        if folder is not None:
+            try:
+                stack.append(iter(sorted(folder.iterdir())))
+            except OSError:
+                yield folder, "unreadable_dir"
+            folder = None
+        if not stack:
+            return
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        kind = _kind(entry, root)
+        if kind == "dir":
+            folder = entry
         else:
-            yield entry, "file" if entry.is_file() else "special"
+            yield entry, kind
 
 
 def _is_system(part: str) -> bool:
