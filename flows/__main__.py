@@ -7,11 +7,14 @@
     python -m flows verify --dataset synthetic [--version V]          # re-hash a version against its lock
 
 A failing command ends with one `error: ...` line; the full log (tracebacks included) is written to
-<artifacts>/_logs/<command>-<time>-<pid>.log.
+<artifacts>/_logs/<command>-<time>-<pid>.log (or, when the artefact store is read-only or full, under the
+cache or the system's temporary folder: flows.logs). A full disk, a read-only store or a missing
+permission is one line naming the path.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -80,8 +83,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _prepare_or_serve(args: argparse.Namespace) -> dict | None:
     from pipeline.config import load_prepare_config
+    from pipeline.contract.storage import require_writable_roots
 
     config = load_prepare_config(args.config, args.set, dataset=args.dataset, root=args.root)
+    require_writable_roots()             # a read-only store: one line, before Prefect starts
     if args.command == "serve":
         from flows.schedule import serve_prepare
 
@@ -102,17 +107,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def storage_message(exc: OSError) -> str | None:
+    """The one line of a write that failed for want of room or permission; None for other OS errors."""
+    from pipeline.contract.lock import artifacts_root
+    from pipeline.contract.storage import NO_SPACE, no_space
+
+    if exc.errno in NO_SPACE:
+        return str(no_space(exc.filename or artifacts_root()))
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        where = f" {exc.filename}" if exc.filename else ""
+        return (f"cannot write{where}: {exc.strerror}; make it writable, or point FER_ARTIFACTS / FER_MANIFESTS / "
+                f"FER_CACHE at a writable folder, and run again")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_prefect()
     if args.command != "verify":
         import prefect.main  # noqa: F401  - sets up Prefect's logging; routed_logs must come after it
 
-    from flows.logs import log_file_path, routed_logs
+    from flows.logs import routed_logs, writable_log_path
     from pipeline.contract.errors import FerError
-    from pipeline.contract.lock import artifacts_root
+    from pipeline.contract.lock import artifacts_root, cache_root
 
-    log_path = log_file_path(artifacts_root(), args.command)
+    log_path = writable_log_path(args.command, [artifacts_root(), cache_root()])
+    where = f"traceback in {log_path}" if log_path else "no log file could be written"
     with routed_logs(log_path):
         try:
             return _run(args)
@@ -121,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print(f"error: interrupted (log: {log_path})", file=sys.stderr)
+            print(f"error: interrupted (log: {log_path or 'none'})", file=sys.stderr)
             return 130
         except Exception as exc:     # noqa: BLE001 - a bug: one line here, the traceback in the log
             logging.getLogger("flows").error("%s failed", args.command, exc_info=True)
-            print(f"error: {type(exc).__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+            message = storage_message(exc) if isinstance(exc, OSError) else None
+            if message is not None:
+                print(f"error: {message}", file=sys.stderr)
+                return 2
+            print(f"error: {type(exc).__name__}: {exc} ({where})", file=sys.stderr)
             return 1
 
 

@@ -3,12 +3,17 @@
 The terminal keeps Prefect's progress lines and warnings, never a traceback and never Prefect's own
 failure records (the command ends with one `error: ...` line instead); the log file, and the Prefect API
 for flow and task runs, get every record with its full traceback.
+
+The log file goes to the first folder that takes it: `<artifacts>/_logs/`, else `<cache>/_logs/`, else
+the system's temporary folder (a read-only or full artefact store must not stop `verify`, nor turn a
+prepare's one-line error into a logging traceback); a log file that fails mid-run is dropped quietly.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import logging
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,14 +63,47 @@ def log_file_path(artifacts: Path, command: str) -> Path:
     return Path(artifacts) / LOGS_DIR / f"{command}-{stamp}-{os.getpid()}.log"
 
 
+def writable_log_path(command: str, folders: list[Path]) -> Path | None:
+    """A new log file in the first of `folders` (then the system's temporary folder) that can hold one;
+    None when none can."""
+    for folder in [*folders, Path(tempfile.gettempdir()) / "fer-noise"]:
+        path = log_file_path(folder, command)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8"):
+                pass
+            return path
+        except OSError:
+            continue
+    return None
+
+
+class QuietFileHandler(logging.FileHandler):
+    """A log file that, once a write fails (a full disk), is closed and skipped: never a logging traceback
+    on the terminal in place of the command's one `error:` line."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
 @contextmanager
-def routed_logs(log_path: Path):
-    """For the block: every record (INFO and up, with tracebacks) to `log_path`; terminal handlers stripped.
+def routed_logs(log_path: Path | None):
+    """For the block: every record (INFO and up, with tracebacks) to `log_path` (None: no file); terminal
+    handlers stripped.
 
     Enter after Prefect is imported (its logging setup replaces the root handlers). The root logger's
     handlers, their formatters and filters are restored on exit.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     terminal = [h for h in root.handlers if _is_terminal(h)]
@@ -75,15 +113,25 @@ def routed_logs(log_path: Path):
     for handler in terminal + added:
         handler.setFormatter(WithoutTraceback(handler.formatter))
         handler.addFilter(terminal_filter)
-    to_file = logging.FileHandler(log_path, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter(FILE_FORMAT))
-    to_file.setLevel(logging.INFO)
-    root.handlers[:] = [to_file, *root.handlers, *added]     # the file first: it sees full records
+    to_file = None
+    if log_path is not None:
+        try:
+            to_file = QuietFileHandler(log_path, encoding="utf-8")
+            to_file.setFormatter(logging.Formatter(FILE_FORMAT))
+            to_file.setLevel(logging.INFO)
+        except OSError:
+            to_file = None
+    files = [] if to_file is None else [to_file]
+    root.handlers[:] = [*files, *root.handlers, *added]     # the file first: it sees full records
     root.setLevel(logging.INFO)
     try:
         yield log_path
     finally:
-        to_file.close()
+        if to_file is not None:
+            try:
+                to_file.close()
+            except OSError:
+                pass
         for handler, formatter in saved:
             handler.setFormatter(formatter)
             handler.removeFilter(terminal_filter)

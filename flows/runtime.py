@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,12 +151,28 @@ def flush_api_logs() -> None:
                     log.debug("flushing Prefect API logs failed: %s", exc)
 
 
+def interrupt_on_terminate():
+    """From now on SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, so every `finally` (the
+    temporary server's stop among them) runs, as on Ctrl-C. Returns the function that restores the previous
+    handlers (a no-op outside the main thread, where nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+
 @contextmanager
 def temporary_api():
     """One temporary Prefect server for this run, unless PREFECT_API_URL names one already.
 
     The URL is exported to the environment, so Dask LocalCluster workers report to this server instead
     of each starting their own. Use inside `run_record`, so a killed run's server is found and stopped.
+    The server is stopped on every way out of the block: a return, an error, Ctrl-C, SIGTERM or SIGHUP
+    (interrupt_on_terminate); only a SIGKILL leaves it to the next run's `reap_stale_runs`.
     """
     if os.environ.get("PREFECT_API_URL"):
         yield None
@@ -164,6 +181,7 @@ def temporary_api():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = SubprocessASGIServer()
+    restore_signals = interrupt_on_terminate()
     try:
         server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")))
         os.environ["PREFECT_API_URL"] = server.api_url
@@ -173,3 +191,4 @@ def temporary_api():
         flush_api_logs()               # send the last task logs before the server goes away
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+        restore_signals()

@@ -80,11 +80,12 @@ def max_image_pixels() -> int:
 
 
 def _pillow_limit(Image, limit: int) -> None:
-    """Pillow's own bomb check follows ours (it warns above, and refuses above twice, its MAX_IMAGE_PIXELS):
-    images above `limit` are refused here with a reason, so its warning is silenced once."""
+    """Pillow's own bomb check follows ours (it warns above, and refuses above twice, its MAX_IMAGE_PIXELS);
+    images above `limit` are refused here with a reason, so its warning is noise and silenced (re-added each
+    time: an idempotent move of one filter to the front, as callers may reset the filters)."""
     if Image.MAX_IMAGE_PIXELS != limit:
         Image.MAX_IMAGE_PIXELS = limit
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _too_large(image, path: Path, limit: int) -> None:

@@ -38,6 +38,7 @@ from pipeline.config import (
 )
 from pipeline.contract.errors import ArtifactError
 from pipeline.contract.lock import artifacts_root
+from pipeline.contract.storage import require_writable_roots
 from pipeline.contract.tables import ACTION_UNITS, LANDMARKS, QUARANTINE, SAMPLES, append_quarantine, write_table
 from pipeline.store.parts import PartStore
 from pipeline.store.plan import VersionPlan, plan_version, spaces_present, stage_versions, version_is_complete
@@ -343,6 +344,7 @@ def run_prepare(config: PrepareConfig, mapper: ShardMapper | None = None, progre
     stages = resolve_stage_configs(config)
     check_dataset_root(config, stages)
     check_backends(stages)
+    require_writable_roots()                     # a read-only or missing store: one line, before any work
     path = lock_path(artifacts_root(), stages.spec.name)
     with exclusive_prepare(path, f"{stages.spec.name!r} into {path.parent.parent}", config.lock_wait_s):
         try:

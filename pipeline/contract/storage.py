@@ -4,7 +4,8 @@
   can never hit a full disk mid-write (SIGBUS); a full disk fails here, naming the path and the space needed.
 - `no_space(path, needed)`: the StorageError of a full disk, with the space free where `path` lives.
 - `require_writable(root, what, env)`: a store that must be written (read-only mount, no permission) is
-  refused before any work, naming the root and the variable that moves it.
+  refused before any work, naming the root and the variable that moves it; `require_writable_roots()`
+  checks the three a prepare writes (artefacts, manifests, cache).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.contract.errors import StorageError
+from pipeline.contract.lock import artifacts_root, cache_root, manifests_root
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -77,3 +79,10 @@ def require_writable(root: str | Path, what: str, env: str) -> Path:
         raise StorageError(f"the {what} {root} is not writable ({why}): point {env} at a writable folder "
                            f"(or make it writable) and run again") from None
     return root
+
+
+def require_writable_roots() -> None:
+    """The roots a prepare writes: artefacts (versions, parts), manifests (locks) and the cache."""
+    require_writable(artifacts_root(), "artefact root", "FER_ARTIFACTS")
+    require_writable(manifests_root(), "manifest root (version locks)", "FER_MANIFESTS")
+    require_writable(cache_root(), "cache", "FER_CACHE")

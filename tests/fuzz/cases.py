@@ -10,6 +10,7 @@ every kept image holds the pixels of its own row.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +47,27 @@ def params(cases: list[Case]) -> list:
             for c in cases]
 
 
+def entries(base: Path) -> list[str]:
+    """Every path under base as a string, links not followed, walked with a stack (folders nest thousands
+    deep in some cases: strings, not Paths, whose parsing costs a pass over every component)."""
+    found, stack = [], [str(base)]
+    while stack:
+        with os.scandir(stack.pop()) as listing:
+            for entry in listing:
+                found.append(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return sorted(found)
+
+
 def snapshot(base: Path, skip: Path) -> dict[str, tuple[int, int]]:
     """Every path under base (outside `skip`) with its size and mtime; symlinks are not followed."""
-    found = {}
-    for path in sorted(base.rglob("*")):
-        if path == skip or skip in path.parents:
+    found, inside = {}, f"{skip}{os.sep}"
+    for path in entries(base):
+        if path == str(skip) or path.startswith(inside):
             continue
-        info = path.lstat()
-        found[str(path)] = (info.st_size, info.st_mtime_ns)
+        info = os.lstat(path)
+        found[path] = (info.st_size, info.st_mtime_ns)
     return found
 
 

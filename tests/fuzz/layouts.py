@@ -10,6 +10,8 @@ import codecs
 import functools
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,42 @@ def jpeg(seed: int, size: int = 24, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, followed by one tiny IDAT: decoding it would fail
+    as truncated, so only a check made on the header, before decoding, can call it too large."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)       # 8-bit grey, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def deep_folder(base: Path, depth: int) -> Path:
+    """`base`/d/d/.../d, `depth` levels, made one level at a time (os.makedirs recurses once per level)."""
+    base.mkdir(parents=True, exist_ok=True)
+    path = str(base)
+    for _ in range(depth):
+        path += "/d"
+        os.mkdir(path)
+    return Path(path)
+
+
+def remove_tree(base: Path) -> None:
+    """shutil.rmtree without recursion (it recurses once per level, so a 1,200-deep tree breaks it)."""
+    stack, folders = [str(base)], []
+    while stack:
+        folder = stack.pop()
+        folders.append(folder)
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+    for folder in reversed(folders):
+        os.rmdir(folder)
 
 
 def put(path: Path, data: bytes | str) -> Path:
@@ -206,10 +244,16 @@ class Folder:
         return self.root
 
     def expected_inputs(self) -> int:
-        """Every entry os.walk lists without following links: files, symlinks (dangling too), FIFOs."""
-        count = 0
-        for folder, dirs, files in os.walk(self.root, followlinks=False):
-            count += len(files) + sum(1 for d in dirs if os.path.islink(os.path.join(folder, d)))
+        """Every entry below the root but real folders, links not followed: files, symlinks (dangling too),
+        FIFOs. Walked with a stack, as folders nest thousands deep in some cases."""
+        count, stack = 0, [self.root]
+        while stack:
+            with os.scandir(stack.pop()) as listing:
+                for entry in listing:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        count += 1
         return count
 
 

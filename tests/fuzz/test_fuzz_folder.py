@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 from pipeline.contract.errors import ConfigError
 
 from .cases import Case, kinds, params, row_of, run_case
-from .layouts import jpeg, link, put
+from .layouts import Folder, deep_folder, jpeg, link, png_claiming, put, remove_tree
 
 
 def file(relpath: str, data: bytes | None = None):
@@ -55,6 +57,16 @@ def symlinked_split_only(layout) -> None:
     put(outside / "happy" / "a.jpg", jpeg(1))
     layout.files, layout.baseline = {}, []
     link(layout.root / "train", outside)
+
+
+def deep_file(depth: int):
+    """A build step writing train/happy/d/d/.../x.jpg, `depth` folders below the class folder."""
+    def make(root) -> None:
+        put(deep_folder(root / "train" / "happy", depth) / "x.jpg", jpeg(12))
+    return fs(make)
+
+
+DEEP = "train/happy/" + "d/" * 1200 + "x.jpg"
 
 
 def label_is(label: int):
@@ -116,6 +128,15 @@ CASES = [
     Case("thumbs_db", file("train/Thumbs.db", b"\xd0\xcf"), E, "hidden_or_system_file"),
     Case("macosx_folder", file("__MACOSX/train/happy/._a.jpg", b"\0\5\26\7"), E, "hidden_or_system_file"),
     Case("ipynb_checkpoints", file("train/happy/.ipynb_checkpoints/a-checkpoint.jpg"), E, "hidden_or_system_file"),
+    Case("non_utf8_file_name", file("train/happy/\udcff\udcfe.jpg"), Q, "file_name_not_utf8",
+         "train/happy/\\xff\\xfe.jpg"),
+    Case("non_utf8_class_folder", file("train/h\udce4ppy/x.jpg"), Q, "label_outside_class_set",
+         "train/h\\xe4ppy/x.jpg"),
+    Case("non_utf8_split_folder", file("tr\udce4in/happy/x.jpg"), Q, "unknown_split_folder",
+         "tr\\xe4in/happy/x.jpg"),
+    Case("folder_1200_deep", deep_file(1200), K, DEEP),
+    Case("144_megapixel_png_header", file("train/happy/big.png", png_claiming(12000, 12000)), Q,
+         "image_too_large", "train/happy/big.png"),
     Case("empty_class_folder", fs(lambda r: (r / "train/disgust").mkdir()), K, "train/happy/a.jpg"),
     Case("only_unknown_split_folders", only_unknown_splits, R, "no split folders", error=ConfigError),
     Case("only_a_symlinked_split_folder", symlinked_split_only, R, "symlinked split folders are not followed",
@@ -125,8 +146,34 @@ CASES = [
 
 @pytest.mark.parametrize("case", params(CASES))
 def test_folder_verdict(case, tmp_path):
-    run_case("folder", case, tmp_path)
+    if case.name != "folder_1200_deep":
+        run_case("folder", case, tmp_path)
+        return
+    base = Path(tempfile.mkdtemp(prefix="fer-fuzz-deep-"))   # outside pytest's folders: its clean-up (and
+    try:                                                     # shutil.rmtree) recurses once per level
+        run_case("folder", case, base)
+    finally:
+        remove_tree(base)
 
 
 def test_folder_kinds():
-    assert kinds(CASES) == len(CASES) >= 35
+    assert kinds(CASES) == len(CASES) >= 40
+
+
+def test_the_pixel_limit_is_configurable_and_a_bad_one_is_one_line(tmp_path, monkeypatch):
+    from pipeline.sources import prepare_source
+    from pipeline.specs import load_spec
+
+    root = Folder(tmp_path / "folder").write()                  # three 24 x 24 images: 576 pixels each
+
+    def reasons() -> list[str]:
+        result = prepare_source(load_spec("folder"), root, None, work_dir=tmp_path / "cache", progress=False)
+        return result.quarantine.column("reason").to_pylist()
+
+    monkeypatch.setenv("FER_MAX_IMAGE_PIXELS", "575")
+    assert reasons() == ["image_too_large"] * 3
+    monkeypatch.setenv("FER_MAX_IMAGE_PIXELS", "576")
+    assert reasons() == []
+    monkeypatch.setenv("FER_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="FER_MAX_IMAGE_PIXELS='lots' is not a pixel count"):
+        reasons()

@@ -107,3 +107,40 @@ def test_rafdb_verdict(case, tmp_path):
 
 def test_rafdb_kinds():
     assert kinds(CASES) == len(CASES) >= 25
+
+
+def test_a_zero_byte_label_file_reads_as_no_rows_and_the_prepare_refuses_in_one_line(tmp_path):
+    """The adapter counts no input (no KeyError); the prepare stops before any stage, naming the file."""
+    from pipeline.config import load_prepare_config
+    from pipeline.contract.errors import DataError
+    from pipeline.prepare import run_prepare
+    from pipeline.sources import prepare_source
+    from pipeline.specs import load_spec
+
+    from .layouts import RafDb
+
+    layout = RafDb(tmp_path / "rafdb")
+    layout.lines = []
+    root = layout.write()
+    (root / "EmoLabel" / LIST).write_bytes(b"")
+    result = prepare_source(load_spec("rafdb"), root, None, work_dir=tmp_path / "cache", progress=False)
+    assert result.inputs == 0 and result.samples.num_rows == 0 and result.quarantine.num_rows == 0
+    config = load_prepare_config(None, ["report=false"], dataset="rafdb", root=str(root))
+    with pytest.raises(DataError, match=f"{LIST} list no samples") as raised:
+        run_prepare(config, progress=False)
+    assert "\n" not in str(raised.value)
+
+
+def test_every_label_line_quarantined_is_one_line_with_the_reasons(tmp_path):
+    from pipeline.config import load_prepare_config
+    from pipeline.contract.errors import DataError
+    from pipeline.prepare import run_prepare
+
+    from .layouts import RafDb
+
+    layout = RafDb(tmp_path / "rafdb")
+    layout.lines = ["train_00001.jpg 9", "test_0001.jpg happy"]
+    root = layout.write()
+    config = load_prepare_config(None, ["report=false"], dataset="rafdb", root=str(root))
+    with pytest.raises(DataError, match=r"none of the 2 inputs .* label_outside_class_set 2"):
+        run_prepare(config, progress=False)
