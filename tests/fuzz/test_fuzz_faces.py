@@ -190,7 +190,7 @@ CASES = [
     C("one_pixel_image", lambda: encode(Image.new("RGB", (1, 1)), "PNG"), verdict="image_too_small",
       stage="sources"),
     C("box_inside", rgb("PNG"), box=(10, 5, 30, 30), expect=lambda ref: ref, tol=0.5),
-    C("box_wholly_outside", rgb("PNG"), verdict="box_outside_image", box=(100, 80, 20, 20)),
+    C("box_wholly_outside", rgb("PNG"), verdict="box_outside_image", box=(100, 80, 20, 20), stage="sources"),
     C("box_partly_outside_is_clipped", rgb("PNG"), box=(40, 20, 40, 40)),
     C("box_mostly_padding", rgb("PNG"), verdict="crop_mostly_padding", box=(0, 0, 60, 40)),   # crop 40% inside
 ]
