@@ -57,23 +57,48 @@ def write_valid_mask(directory: str | Path, valid: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+DAMAGED = "the version is damaged: `make verify` lists what else, `make prepare` rebuilds it"
+
+
 def open_crops(directory: str | Path) -> np.ndarray:
-    """Read-only [N, S, S, 3] uint8 view of a crop store."""
+    """Read-only [N, S, S, 3] uint8 view of a crop store; a store whose data file is missing or not the size
+    its index says is one ArtifactError (never a ValueError from the map, nor SIGBUS on a later read)."""
     directory = Path(directory)
     index_path = directory / INDEX_FILE
     if not index_path.is_file():
         raise ArtifactError(f"no crop store at {directory} (missing {INDEX_FILE}); run the align stage first")
-    index = json.loads(index_path.read_text())
-    if index.get("format") != FORMAT:
-        raise ArtifactError(f"crop store {directory} has format {index.get('format')!r}; this code reads {FORMAT!r}")
-    shape = (index["num_samples"], index["size"], index["size"], index["channels"])
-    return np.memmap(directory / DATA_FILE, dtype=np.uint8, mode="r", shape=shape)
+    try:
+        index = json.loads(index_path.read_text())
+        if index.get("format") != FORMAT:
+            raise ArtifactError(f"crop store {directory} has format {index.get('format')!r}; this code reads "
+                                f"{FORMAT!r}")
+        shape = (int(index["num_samples"]), int(index["size"]), int(index["size"]), int(index["channels"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ArtifactError(f"crop store index {index_path} is unreadable ({type(exc).__name__}: {exc}); "
+                            f"{DAMAGED}") from None
+    data_path = directory / DATA_FILE
+    expected = int(np.prod(shape))
+    size = data_path.stat().st_size if data_path.is_file() else None
+    if size != expected:
+        found = "missing" if size is None else f"{size} bytes"
+        raise ArtifactError(f"crop store {data_path} is {found}, its index says {expected} bytes "
+                            f"({shape[0]} crops of {shape[1]}x{shape[2]}); {DAMAGED}")
+    return np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
 
 
 def read_valid_mask(directory: str | Path) -> np.ndarray:
-    """[N] bool: rows holding a real crop (all True when no mask was written)."""
+    """[N] bool: rows holding a real crop. A missing, unreadable or mis-sized mask is one ArtifactError:
+    without it every zero-filled crop would count as a face."""
     directory = Path(directory)
     path = directory / VALID_FILE
-    if path.is_file():
-        return np.load(path)
-    return np.ones(open_crops(directory).shape[0], dtype=bool)
+    rows = open_crops(directory).shape[0]
+    if not path.is_file():
+        raise ArtifactError(f"crop store {directory} has no {VALID_FILE}; {DAMAGED}")
+    try:
+        valid = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ArtifactError(f"{path} is unreadable ({type(exc).__name__}: {exc}); {DAMAGED}") from None
+    if valid.dtype != np.bool_ or valid.shape != (rows,):
+        raise ArtifactError(f"{path} holds {valid.dtype} {list(valid.shape)}, not [{rows}] bool (one flag per crop); "
+                            f"{DAMAGED}")
+    return valid

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.config import load_prepare_config
@@ -133,3 +134,38 @@ def test_an_unreadable_manifest_reopens_the_version(version):
     summary = rerun()
     assert summary["version"] == version_id and not summary.get("reused")
     assert verify_version("synthetic").ok
+
+
+# --- a damaged crop store, read through the contract (the trainer's and the report's way in) -------------
+
+def _store(folder: Path) -> Path:
+    from pipeline.contract.crops import create_crop_store, write_valid_mask
+
+    create_crop_store(folder, 4, 8).flush()
+    write_valid_mask(folder, np.array([True, False, True, True]))
+    return folder
+
+
+CROP_DAMAGE = {
+    "truncated_data": (lambda f: os.truncate(f / "crops.u8", 100), "crops.u8 is 100 bytes, its index says 768"),
+    "deleted_data": (lambda f: os.remove(f / "crops.u8"), "crops.u8 is missing"),
+    "index_not_json": (lambda f: (f / "index.json").write_text("{"), "index .* is unreadable"),
+    "deleted_valid_mask": (lambda f: os.remove(f / "valid.npy"), "has no valid.npy"),
+    "short_valid_mask": (lambda f: np.save(f / "valid.npy", np.ones(3, bool)), r"holds bool \[3\], not \[4\] bool"),
+    "valid_mask_not_npy": (lambda f: (f / "valid.npy").write_bytes(b"garbage"), "valid.npy is unreadable"),
+    "valid_mask_of_floats": (lambda f: np.save(f / "valid.npy", np.ones(4)), r"holds float64 \[4\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(CROP_DAMAGE))
+def test_a_damaged_crop_store_is_one_line_pointing_at_verify(name, tmp_path):
+    from pipeline.contract.crops import read_valid_mask
+    from pipeline.contract.errors import ArtifactError
+
+    folder = _store(tmp_path / "crops")
+    damage, message = CROP_DAMAGE[name]
+    damage(folder)
+    with pytest.raises(ArtifactError, match=message) as raised:
+        read_valid_mask(folder)
+    assert "make verify" in str(raised.value) or "index" in str(raised.value)
+    assert "\n" not in str(raised.value)
