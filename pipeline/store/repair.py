@@ -5,7 +5,8 @@
   lock folder. One whose writer is still alive is left alone.
 - `intact(plan)`: a version whose manifest says it is complete is trusted only while its outputs still
   match the manifest: every listed file present, of its recorded size, and, if modified after the manifest
-  was written, of its recorded content hash (so a check costs a stat per file, not a re-read). A damaged
+  was written, of its recorded content hash (so a check costs a stat per file, not a re-read; such a hash
+  goes through the stat cache, so a copied version folder is re-read once, not on every run). A damaged
   version is reopened: the damaged files and the manifest are removed, and the run rebuilds them, per-image
   results from the part store (nothing recomputed when the parts are there), the rest from those.
 - `point_latest(dataset, version)`: `latest` names the version just completed (a run killed between the
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from pipeline.contract.lock import manifests_root
 from pipeline.contract.tables import MANIFEST
-from pipeline.store.hashing import hash_file
+from pipeline.store.hashing import HashCache, default_hash_cache
 from pipeline.store.plan import PER_IMAGE_STAGES, VersionPlan
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def clean_temporaries(plan: VersionPlan, manifests: Path | None = None) -> list[
     return removed
 
 
-def damaged_outputs(version_dir: Path) -> list[str]:
+def damaged_outputs(version_dir: Path, cache: HashCache | None = None) -> list[str]:
     """Outputs the manifest lists that are missing or changed (see the module docstring); [] when intact.
 
     A manifest that cannot be read, or that names a path outside the version folder, damages the version.
@@ -84,23 +85,32 @@ def damaged_outputs(version_dir: Path) -> list[str]:
         record = json.loads(manifest.read_text())
         written = manifest.stat().st_mtime_ns
         outputs = dict(record.get("outputs") or {})
+        root = version_dir.resolve()
+        if any(root not in (version_dir / name).resolve().parents for name in outputs):
+            return [MANIFEST]
     except (OSError, ValueError, TypeError, AttributeError):
         return [MANIFEST]
-    root = version_dir.resolve()
-    damaged = []
+    damaged, touched = [], {}
     for name, entry in sorted(outputs.items()):
-        path = version_dir / name
-        if root not in path.resolve().parents:
-            return [MANIFEST]
         size, digest = (entry.get("size"), entry.get("hash")) if isinstance(entry, dict) else (entry, None)
         try:
-            info = path.stat()
+            info = (version_dir / name).stat()
         except OSError:
             damaged.append(name)
             continue
-        if info.st_size != size or (digest and info.st_mtime_ns > written and hash_file(path) != digest):
+        if info.st_size != size:
             damaged.append(name)
-    return damaged
+        elif digest and info.st_mtime_ns > written:          # written after the manifest: compare contents
+            touched[name] = digest
+    if touched:
+        own = cache is None
+        cache = cache or default_hash_cache()
+        try:
+            damaged += [name for name, digest in touched.items() if cache.hash(version_dir / name) != digest]
+        finally:
+            if own:
+                cache.close()
+    return sorted(damaged)
 
 
 def intact(plan: VersionPlan) -> bool:
