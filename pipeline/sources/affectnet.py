@@ -6,9 +6,10 @@ it is detected, not assumed (a header repeated further down, as left by concaten
 excluded row). Native ids 8 (none), 9 (uncertain), 10 (no-face) are excluded and counted; so is
 contempt (7) in a 7-class view. Boxes that are NULL, non-numeric, non-finite, negative or without
 area are quarantined (`bad_box`), and so, once the image's size is known, is a box lying wholly outside
-its image (`box_outside_image`, the faces stage's reason for the same fault), as are landmark strings that are present but not 68 finite points
-(`bad_landmarks`); an empty or NULL landmark field keeps the row without points. Valence or arousal outside
-[-1, 1] (AffectNet writes -2 for "not annotated") or non-numeric is stored as null.
+its image (`box_outside_image`, the faces stage's reason for the same fault), as are landmark strings
+that are present but not 68 finite points (`bad_landmarks`); an empty or NULL landmark field keeps the
+row without points. Valence or arousal outside [-1, 1] (AffectNet writes -2 for "not annotated") or
+non-numeric is stored as null.
 """
 from __future__ import annotations
 

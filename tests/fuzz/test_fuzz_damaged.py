@@ -112,7 +112,8 @@ def test_stray_temporaries_of_killed_writers_are_removed_and_live_ones_kept(vers
     locks = Path(os.environ["FER_MANIFESTS"]) / "versions" / "synthetic"
     parts = next((directory.parent / "_parts").glob("faces-*"))
     stray = [locks / f".{version_id}.json.{dead.pid}.tmp", directory / f".manifest.json.{dead.pid}.tmp",
-             directory / "crops" / f".valid.npy.{dead.pid}.tmp.npy", directory / "labels" / f".x.parquet.{dead.pid}.tmp"]
+             directory / "crops" / f".valid.npy.{dead.pid}.tmp.npy",
+             directory / "labels" / f".x.parquet.{dead.pid}.tmp"]
     for path in stray:
         path.write_text("half written")
     part = parts / f".tmp-part-0123-{dead.pid}"

@@ -97,7 +97,8 @@ def test_temporary_api_stops_the_server_on_sigterm_and_on_an_error(monkeypatch):
         def stop(self):
             FakeServer.stopped += 1
 
-    monkeypatch.setitem(sys.modules, "prefect.server.api.server", types.SimpleNamespace(SubprocessASGIServer=FakeServer))
+    fake_module = types.SimpleNamespace(SubprocessASGIServer=FakeServer)
+    monkeypatch.setitem(sys.modules, "prefect.server.api.server", fake_module)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
