@@ -17,6 +17,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -109,12 +110,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def storage_message(exc: OSError) -> str | None:
     """The one line of a write that failed for want of room or permission; None for other OS errors."""
-    from pipeline.contract.lock import artifacts_root
+    from pipeline.contract.lock import artifacts_root, cache_root, manifests_root
     from pipeline.contract.storage import NO_SPACE, no_space
 
     if exc.errno in NO_SPACE:
         return str(no_space(exc.filename or artifacts_root()))
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    roots = [Path(os.path.abspath(root)) for root in (artifacts_root(), manifests_root(), cache_root())]
+    in_a_store = exc.filename is not None and any(
+        root == path or root in path.parents for root in roots for path in [Path(os.path.abspath(exc.filename))])
+    if exc.errno == errno.EROFS or exc.errno in (errno.EACCES, errno.EPERM) and in_a_store:
         where = f" {exc.filename}" if exc.filename else ""
         return (f"cannot write{where}: {exc.strerror}; make it writable, or point FER_ARTIFACTS / FER_MANIFESTS / "
                 f"FER_CACHE at a writable folder, and run again")

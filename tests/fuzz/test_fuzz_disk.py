@@ -65,6 +65,10 @@ def test_the_cli_turns_a_full_disk_or_a_read_only_path_into_one_line():
     assert full.startswith("no space left on device writing /data/artifacts/x/faces.parquet:") and "free" in full
     read_only = storage_message(OSError(errno.EROFS, "Read-only file system", "/data/artifacts/x"))
     assert read_only.startswith("cannot write /data/artifacts/x: Read-only file system;")
+    store = os.environ["FER_ARTIFACTS"]
+    denied = storage_message(OSError(errno.EACCES, "Permission denied", f"{store}/synthetic/x.parquet"))
+    assert denied.startswith(f"cannot write {store}/synthetic/x.parquet: Permission denied;")
+    assert storage_message(OSError(errno.EACCES, "Permission denied", "/opt/OpenFace/FeatureExtraction")) is None
     assert storage_message(OSError(errno.ENOENT, "No such file or directory", "x")) is None
 
 
