@@ -71,9 +71,31 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     return path
 
 
+REQUIRED_KEYS = ("checkpoint_version", "method", "optimizer", "scheduler", "sampler", "step", "epoch", "position",
+                 "history", "rng", "config", "dataset_version")
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint this trainer wrote; ConfigError in one line for anything else (a plain state dict, a
+    file of another program, a newer checkpoint format)."""
     path = resolve_checkpoint(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # noqa: BLE001 - torch raises many types for a foreign or damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read checkpoint {path}: not a file torch.save wrote with plain tensors "
+                          f"({type(exc).__name__}: {first[:200]})") from exc
+    if not isinstance(payload, dict) or "checkpoint_version" not in payload:
+        held = (f"a plain state dict of {len(payload)} entries" if isinstance(payload, dict)
+                else f"a {type(payload).__name__}")
+        raise ConfigError(f"{path} is not a checkpoint of this trainer (it holds {held}); resume from a run "
+                          f"folder (runs/<run-id>/) or its checkpoints/{LAST}; initial backbone weights go in "
+                          f"model.weights")
+    if payload["checkpoint_version"] != CHECKPOINT_VERSION:
+        raise ConfigError(f"checkpoint {path} has format {payload['checkpoint_version']!r}; this trainer reads "
+                          f"format {CHECKPOINT_VERSION}")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing or not isinstance(payload["config"], dict):
+        raise ConfigError(f"checkpoint {path} lacks {missing or ['a config']}: it was not written by this trainer "
+                          f"or is damaged")
+    return payload

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.contract import graphs
+from pipeline.contract import graphs, integrity
 from pipeline.contract import tables as art
-from pipeline.contract.crops import open_crops, read_valid_mask
+from pipeline.contract.crops import open_crops
+from pipeline.contract.names import plain_name
 from pipeline.contract.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -79,68 +80,71 @@ class PreparedVersion:
     aus: np.ndarray | None       # [N, 17] float32 AU intensities (NaN where missing)
     va: np.ndarray | None        # [N, 2] float32 valence, arousal
     votes: np.ndarray | None     # [N, C] float32 annotator/true label distribution
+    files: integrity.VersionFiles | None = None   # the checked folder: later reads (labels, graphs) go through it
 
     @classmethod
     def open(cls, dataset: str, version: str = "latest", artifacts_root: str | Path | None = None,
              manifests_root: str | Path | None = None) -> PreparedVersion:
-        """Load `<artifacts_root>/<dataset>/<version>/`; 'latest' follows data_manifests/versions/<dataset>/latest."""
-        from pipeline.contract.lock import artifacts_root as default_artifacts
+        """Load `<artifacts_root>/<dataset>/<version>/`; 'latest' follows data_manifests/versions/<dataset>/latest.
+
+        Opened through the contract (pipeline.contract.integrity): the lock is checked, every output is
+        found at its recorded size, and each table read is range-checked and hash-checked against the lock;
+        a damaged version is refused in one line pointing at `make verify`.
+        """
         from pipeline.contract.lock import manifests_root as default_manifests
-        from pipeline.contract.lock import read_lock
 
         manifests = Path(manifests_root) if manifests_root else default_manifests()
         try:
-            lock = read_lock(dataset, version, root=manifests)
+            files = integrity.open_version(dataset, version, artifacts_root, manifests)
         except ArtifactError as exc:
-            hint = "" if "make prepare" in str(exc) else f"; prepare it with `make prepare DATASET={dataset}`"
-            raise ArtifactError(f"{exc}{hint} (manifests root: {manifests}; set FER_MANIFESTS to use another)") from exc
-        version_id = lock.get("version", version)
-        directory = (Path(artifacts_root) if artifacts_root else default_artifacts()) / dataset / version_id
-        if not (directory / art.SAMPLES).is_file():
-            raise ArtifactError(f"version {version_id} of {dataset!r} has a lock but no artefacts at {directory}; "
-                                f"run `make prepare DATASET={dataset}` again (or set FER_ARTIFACTS)")
-        return cls._load(dataset, version_id, directory, lock)
+            text = str(exc)
+            hint = "" if "make prepare" in text or "make verify" in text else \
+                f"; prepare it with `make prepare DATASET={dataset}`"
+            raise ArtifactError(f"{text}{hint} (manifests root: {manifests}; set FER_MANIFESTS to use another)") from exc
+        return cls._load(files)
 
     @classmethod
-    def _load(cls, dataset: str, version: str, directory: Path, lock: dict) -> PreparedVersion:
-        samples = art.read_table(directory / art.SAMPLES)
-        art.check_columns(samples, ["sample_id", "split", "label"], f"{directory / art.SAMPLES}")
+    def _load(cls, files: integrity.VersionFiles) -> PreparedVersion:
+        lock, directory = files.lock, files.directory
+        num_classes = files.num_classes or cls._num_classes_unrecorded(files)
+        samples = files.read(art.SAMPLES, art.read_table, integrity.check_samples(num_classes))
         n = samples.num_rows
         ids = samples.column("sample_id").to_numpy()
-        if not np.array_equal(np.sort(ids), np.arange(n)):
-            raise ArtifactError(f"{directory / art.SAMPLES}: sample_id must be dense 0..{n - 1}")
         split = np.empty(n, dtype=object)
         split[ids] = np.asarray(samples.column("split").to_pylist(), dtype=object)
         label = np.full(n, -1, np.int64)
         label[ids] = samples.column("label").to_numpy(zero_copy_only=False)
-        crops = open_crops(directory / art.CROPS_DIR)
-        if crops.shape[0] != n:
-            raise ArtifactError(f"crop store has {crops.shape[0]} rows but samples.parquet has {n}")
-        valid = read_valid_mask(directory / art.CROPS_DIR).astype(bool)
-        num_classes = cls._num_classes(lock, samples, label)
+        crops, valid = integrity.open_checked_crops(files, n)
         va = votes = None
         if "valence" in samples.column_names and "arousal" in samples.column_names:
             va = np.stack([_align_rows(samples, "valence", n), _align_rows(samples, "arousal", n)], 1)
         if "votes" in samples.column_names:
             votes = _align_rows(samples, "votes", n)
         landmarks = aus = None
-        if (directory / art.LANDMARKS).is_file():
-            flat = _align_rows(art.read_table(directory / art.LANDMARKS, ["sample_id", "points"]), "points", n)
-            landmarks = flat.reshape(n, -1, 2)  # [N, P, 2]
-        if (directory / art.ACTION_UNITS).is_file():
-            aus = _align_rows(art.read_table(directory / art.ACTION_UNITS, ["sample_id", "intensity"]),
-                              "intensity", n)
-        log.info("opened %s version %s: %d samples, %d classes, crops %s", dataset, version, n, num_classes,
-                 crops.shape[1:])
-        return cls(dataset, version, directory, lock, num_classes, split, label, valid, crops, landmarks, aus,
-                   va, votes)
+        if files.has(art.LANDMARKS):
+            table = files.read(art.LANDMARKS, lambda p: art.read_table(p, ["sample_id", "points"]),
+                               integrity.check_vectors("points", n, valid))
+            landmarks = _align_rows(table, "points", n).reshape(n, -1, 2)  # [N, P, 2]
+        if files.has(art.ACTION_UNITS):
+            table = files.read(art.ACTION_UNITS, lambda p: art.read_table(p, ["sample_id", "intensity"]),
+                               integrity.check_vectors("intensity", n, valid))
+            aus = _align_rows(table, "intensity", n)
+        log.info("opened %s version %s: %d samples, %d classes, crops %s", files.dataset, files.version, n,
+                 num_classes, crops.shape[1:])
+        return cls(files.dataset, files.version, directory, lock, num_classes, split, label, valid, crops,
+                   landmarks, aus, va, votes, files)
 
     @staticmethod
-    def _num_classes(lock: dict, samples, label: np.ndarray) -> int:
-        for source in (lock, lock.get("spec") or {}, art.table_metadata(samples)):
-            if isinstance(source, dict) and source.get("num_classes") in (7, 8):
-                return int(source["num_classes"])
-        return 8 if label.max(initial=0) >= 7 else 7
+    def _num_classes_unrecorded(files: integrity.VersionFiles) -> int:
+        """An older lock without `num_classes`: the spec's, the table's metadata, else 7 or 8 by the labels."""
+        spec = files.lock.get("spec") or {}
+        if isinstance(spec, dict) and spec.get("num_classes") in (7, 8):
+            return int(spec["num_classes"])
+        metadata = art.read_metadata(files.present(art.SAMPLES))
+        if metadata.get("num_classes") in (7, 8):
+            return int(metadata["num_classes"])
+        labels = art.read_table(files.present(art.SAMPLES), ["label"]).column("label").to_numpy(zero_copy_only=False)
+        return 8 if labels.max(initial=0) >= 7 else 7
 
     def __getstate__(self) -> dict:
         """Pickle without the crop memmap (a pickled memmap is a full in-memory copy); reopened on load."""
@@ -174,7 +178,9 @@ class PreparedVersion:
     # --- labels and splits ---
     def labels(self, variant: str) -> tuple[np.ndarray, np.ndarray]:
         """([N] label, [N] clean label) of a variant; samples outside the variant keep their clean label."""
-        path = self.directory / art.LABELS_DIR / f"{variant}.parquet"
+        plain_name("noise variant", variant)
+        name = f"{art.LABELS_DIR}/{variant}.parquet"
+        path = self.directory / name
         if not path.is_file():
             if variant == "clean":
                 return self.label.copy(), self.label.copy()
@@ -183,7 +189,8 @@ class PreparedVersion:
                 f"noise variant {variant!r} is not prepared for {self.dataset} version {self.version}; "
                 f"prepared variants: {prepared}. Add it to the noise variants of the prepare config and run "
                 f"`make prepare DATASET={self.dataset}`")
-        table = art.read_table(path, ["sample_id", "label", "clean_label"])
+        table = self._read(name, lambda p: art.read_table(p, ["sample_id", "label", "clean_label"]),
+                           integrity.check_label_variant(self.num_samples, self.num_classes, self.label))
         ids = table.column("sample_id").to_numpy()
         label, clean = self.label.copy(), self.label.copy()
         label[ids] = table.column("label").to_numpy(zero_copy_only=False)
@@ -213,11 +220,19 @@ class PreparedVersion:
 
     # --- graphs ---
     def graph(self, space: str) -> graphs.GraphArrays:
-        path = self.directory / art.GRAPHS_DIR / f"{space}.parquet"
-        if not path.is_file():
+        plain_name("graph space", space)
+        name = f"{art.GRAPHS_DIR}/{space}.parquet"
+        if not (self.directory / name).is_file():
             raise ArtifactError(f"graph {space!r} is not prepared for {self.dataset} version {self.version}; "
                                 f"prepared graphs: {', '.join(self.graph_spaces()) or 'none'}")
-        return graphs.read_graph(path, with_distances=False)
+        return self._read(name, lambda p: graphs.read_graph(p, with_distances=False),
+                          integrity.check_graph(self.num_samples))
+
+    def _read(self, name: str, load, check):
+        """Through the checked folder when this version was opened by `open` (else as it is)."""
+        if self.files is None:
+            return load(self.directory / name)
+        return self.files.read(name, load, check)
 
     def train_graph(self, space: str, split: SplitData) -> tuple[np.ndarray, np.ndarray]:
         """([n, K] int64 neighbour positions in `split` or -1, [n, K] float32 similarity, 0 where -1)."""

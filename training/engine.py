@@ -29,12 +29,14 @@ from training import distributed as ddp
 from training.checkpoint import LAST, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import TrainConfig, build_method_config, save_config, validate_choices
 from training.data import PreparedVersion, SplitData
-from training.device import choose_device, configure_runtime, seed_everything
+from training.device import check_step_memory, choose_device, configure_runtime, seed_everything
 from training.evaluate import classification_metrics, flip_recovery, js_divergence_bits, predict
 from training.loader import build_sampler, check_needs, eval_loader, to_device, train_loader
 from training.methods import DataInfo, Method, StepInfo, method_class
 from training.optim import build_optimizer, build_scheduler, lr_factor  # noqa: F401 (re-exported)
+from training.preflight import check_against_version, check_run_dir, check_settings
 from training.report import MetricsLogger, write_report
+from training.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Run:
     logger: MetricsLogger
     state: TrainState
     total_steps: int
+    run_lock: RunLock | None = None     # rank 0 owns the run folder while it trains
 
     def autocast(self):
         if self.device.type == "cuda" and self.config.runtime.bf16:
@@ -116,6 +119,7 @@ def data_info(config: TrainConfig, version: PreparedVersion, train: SplitData) -
 def setup(config: TrainConfig) -> Run:
     """Build everything a run needs; resumes from config.runtime.resume when set."""
     validate_choices(config)
+    check_settings(config)
     method_cls = method_class(config.method)
     device = choose_device(config)
     dist = ddp.init_distributed(device.type)
@@ -124,6 +128,7 @@ def setup(config: TrainConfig) -> Run:
     configure_runtime(config, device)
     version = PreparedVersion.open(config.dataset, config.version, config.artifacts_root, config.manifests_root)
     train, test = version.split_data("train", config.noise), version.eval_split(config.noise)
+    check_against_version(config, version)
     info, graphs = data_info(config, version, train)
     seed_everything(config.runtime.seed)  # same initial weights on every rank
     method = method_cls(build_method_config(config), info).to(device)
@@ -140,23 +145,31 @@ def setup(config: TrainConfig) -> Run:
             child.compile()
     sampler = build_sampler(config, method.needs, version, train, dist, graphs)
     total = len(sampler) * config.epochs
+    check_step_memory(config, method, len(sampler.plan(sampler.epoch)[0].indices), device)
     optimizer = build_optimizer(method, config, device)
     run_dir = make_run_dir(config, dist)
+    check_run_dir(run_dir)
     config = config_replace(config, runtime={"run_id": run_dir.name, "runs_root": str(run_dir.parent)})
     eval_loaders = {"test": eval_loader(config, version, test, device)} if dist.is_main else {}
     if train.flipped.any() and dist.is_main:  # rank 0 evaluates; the others wait at a barrier
         flipped = SplitData("train-flipped", config.noise, train.sample_id[train.flipped],
                             train.label[train.flipped], train.clean_label[train.flipped])
         eval_loaders["flipped"] = eval_loader(config, version, flipped, device)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    run = Run(config, dist, device, run_dir, version, train, test, method, step_module, optimizer,
-              build_scheduler(optimizer, config, len(sampler), total), sampler,
-              train_loader(config, version, train, method.needs, sampler, device), eval_loaders,
-              MetricsLogger(run_dir if dist.is_main else None, config.runtime.tensorboard), TrainState(), total)
-    if config.runtime.resume:
-        resume(run, config.runtime.resume)
+    run_lock = RunLock(run_dir) if dist.is_main else None   # refuses while another trainer holds the folder
+    try:
+        if dist.is_main:
+            save_config(config, run_dir / "config.yaml")
+        run = Run(config, dist, device, run_dir, version, train, test, method, step_module, optimizer,
+                  build_scheduler(optimizer, config, len(sampler), total), sampler,
+                  train_loader(config, version, train, method.needs, sampler, device), eval_loaders,
+                  MetricsLogger(run_dir if dist.is_main else None, config.runtime.tensorboard), TrainState(), total,
+                  run_lock)
+        if config.runtime.resume:
+            resume(run, config.runtime.resume)
+    except BaseException:
+        if run_lock is not None:
+            run_lock.release()
+        raise
     return run
 
 
@@ -312,6 +325,8 @@ def fit(config: TrainConfig) -> dict:
         return {**_fit(run), "run_dir": str(run.run_dir)}
     finally:
         run.logger.close()
+        if run.run_lock is not None:
+            run.run_lock.release()
         ddp.shutdown()
 
 

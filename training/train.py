@@ -12,7 +12,6 @@ Any config key can be given as `--key value` (dotted path like --optim.lr, or a 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -88,19 +87,37 @@ def build_config(args: argparse.Namespace, overrides: list[tuple[str, str]]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args, overrides = parse_args(argv)
-        config = build_config(args, overrides)
-        if args.print_config:
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            return 0
-        from training.engine import fit
+    """The command: one `error: ...` line on stderr for any failure (traceback in the run log), never a raw
+    traceback; exit 2 for a refused setting or artefact, 1 for a bug, 130 when interrupted."""
+    from training.cli_log import command_log
 
-        final = fit(config)
-    except FerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with command_log("train") as logged:
+        try:
+            return _main(argv, logged)
+        except FerError as exc:
+            logged.failure(exc)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"error: interrupted (log: {logged.path})", file=sys.stderr)
+            return 130
+        except Exception as exc:     # noqa: BLE001 - a bug: one line here, the traceback in the log
+            logged.failure(exc)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"error: {type(exc).__name__}: {first} (traceback in {logged.path})", file=sys.stderr)
+            return 1
+
+
+def _main(argv: list[str] | None, logged) -> int:
+    args, overrides = parse_args(argv)
+    config = build_config(args, overrides)
+    logged.runs_root(config.runtime.runs_root)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    from training.engine import fit
+
+    final = fit(config)
     if final and os.environ.get("RANK", "0") == "0":   # under torchrun only rank 0 reports
         print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
               f"mean class accuracy {final.get('test_mean_class_accuracy', float('nan')):.4f}"
