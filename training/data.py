@@ -98,8 +98,9 @@ class PreparedVersion:
             files = integrity.open_version(dataset, version, artifacts_root, manifests)
         except ArtifactError as exc:
             text = str(exc)
-            hint = "" if "make prepare" in text or "make verify" in text else \
-                f"; prepare it with `make prepare DATASET={dataset}`"
+            if "make verify" in text:     # a damaged version: the line already says what to do
+                raise
+            hint = "" if "make prepare" in text else f"; prepare it with `make prepare DATASET={dataset}`"
             raise ArtifactError(f"{text}{hint} (manifests root: {manifests}; set FER_MANIFESTS to use another)") from exc
         return cls._load(files)
 

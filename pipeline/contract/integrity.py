@@ -120,8 +120,10 @@ class VersionFiles:
     num_classes: int
     verified: set = field(default_factory=set)       # names hash-checked by this process
 
-    def fault(self, name: str, text: str) -> ArtifactError:
-        return ArtifactError(f"{self.dataset} version {self.version} is damaged: {self.directory / name}: {text}; "
+    def fault(self, name: str | Path, text: str) -> ArtifactError:
+        """One line: the version, the file (`name` under the version folder, or a path), the fault, the hint."""
+        path = name if isinstance(name, Path) else self.directory / name
+        return ArtifactError(f"{self.dataset} version {self.version} is damaged: {path}: {text}; "
                              f"{verify_hint(self.dataset, self.version)}")
 
     @property
@@ -217,7 +219,8 @@ def lock_classes(lock: dict) -> int | None:
 def open_version(dataset: str, version: str = "latest", artifacts: str | Path | None = None,
                  manifests: str | Path | None = None) -> VersionFiles:
     """Read and check the lock of a version and find its folder; reads nothing else but file sizes."""
-    lock = read_version_lock(dataset, version, Path(manifests) if manifests else None)
+    manifests = Path(manifests) if manifests else manifests_root()
+    lock = read_version_lock(dataset, version, manifests)
     version_id = lock["version"]
     directory = (Path(artifacts) if artifacts else artifacts_root()) / dataset / version_id
     files = VersionFiles(dataset, version_id, directory, lock, 0)
@@ -227,7 +230,7 @@ def open_version(dataset: str, version: str = "latest", artifacts: str | Path | 
     try:
         files.num_classes = lock_classes(lock) or 0
     except ArtifactError as exc:
-        raise files.fault(MANIFEST, f"the lock's {exc}") from exc
+        raise files.fault(manifests / "versions" / dataset / f"{version_id}.json", str(exc)) from exc
     _check_manifest(files)
     _check_outputs(files)
     return files
