@@ -152,7 +152,12 @@ def check_step_memory(config, method: nn.Module, images: int, device: torch.devi
     kill minutes later), pointing at the CPU recipe when the recipe was written for CUDA."""
     if device.type != "cpu":
         return
-    need = step_memory(method, images, config.data.image_size, config.optim.name)
+    try:
+        need = step_memory(method, images, config.data.image_size, config.optim.name)
+    except Exception as exc:   # noqa: BLE001 - a method whose predict cannot run on the meta device
+        log.warning("the memory of a training step of %s could not be estimated (%s: %s); if the run is killed, "
+                    "lower batch_size or data.image_size", config.method, type(exc).__name__, exc)
+        return
     have, source = available_memory()
     log.info("a training step needs about %.2f GB (%d images at %d px: %.2f GB of activations; weights, "
              "gradients and optimiser state %.2f GB); %.1f GB available (%s)", need["total"] / GB, images,

@@ -63,7 +63,7 @@ def train_argv(copy: Copy, *extra: str, method: str = "baseline", noise: str = "
     sets = [f"artifacts_root={copy.artifacts}", f"manifests_root={copy.manifests}", f"runtime.runs_root={copy.runs}",
             "epochs=1", "runtime.max_steps=1", "runtime.progress=false", "runtime.tensorboard=false",
             "runtime.report=false", "runtime.threads=1"]
-    argv = ["--dataset", dataset or copy.dataset, "--method", method, "--noise", noise,
+    argv = ["--dataset", copy.dataset if dataset is None else dataset, "--method", method, "--noise", noise,
             "--config", str(PROJECT / TINY)]
     for item in sets:
         argv += ["--set", item]
