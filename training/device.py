@@ -114,7 +114,8 @@ def available_memory() -> tuple[int, str]:
 def _meta_probe(method: nn.Module, image_size: int) -> tuple[float, float]:
     """(bytes saved for backward per image, trainable / probed parameter ratio) of `method.predict`,
     run on a copy on the meta device (shapes only: no compute, no memory, no RNG or state touched)."""
-    probe = copy.deepcopy(method).to("meta").train()
+    # scalar buffers (a branch index, a step counter) stay on the CPU: methods read them with int()
+    probe = copy.deepcopy(method)._apply(lambda t: t.to("meta") if t.numel() > 1 else t).train()
     saved, ran = [0], set()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -152,6 +153,7 @@ def check_step_memory(config, method: nn.Module, images: int, device: torch.devi
     kill minutes later), pointing at the CPU recipe when the recipe was written for CUDA."""
     if device.type != "cpu":
         return
+    images *= 2 if "two_views" in getattr(method, "needs", ()) else 1      # a second augmented view each
     try:
         need = step_memory(method, images, config.data.image_size, config.optim.name)
     except Exception as exc:   # noqa: BLE001 - a method whose predict cannot run on the meta device
