@@ -82,9 +82,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:   # noqa: BLE001 - torch raises many types for a foreign or damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot read checkpoint {path}: not a file torch.save wrote with plain tensors "
-                          f"({type(exc).__name__}: {first[:200]})") from exc
+        raise ConfigError(f"cannot read checkpoint {path}: it is not a file torch.save wrote with plain tensors "
+                          f"and values ({type(exc).__name__}); resume from a run folder (runs/<run-id>/) or its "
+                          f"checkpoints/{LAST}") from exc
     if not isinstance(payload, dict) or "checkpoint_version" not in payload:
         held = (f"a plain state dict of {len(payload)} entries" if isinstance(payload, dict)
                 else f"a {type(payload).__name__}")

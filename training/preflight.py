@@ -39,7 +39,7 @@ def check_names(config) -> None:
 
     plain_name("dataset", config.dataset)
     if config.version != "latest":
-        plain_name("version (version)", config.version)
+        plain_name("version id (version)", config.version)
     plain_name("noise variant (--noise)", config.noise)
     plain_name("method (--method)", config.method, method_names())
     if config.runtime.run_id is not None:

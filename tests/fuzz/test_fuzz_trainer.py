@@ -57,7 +57,7 @@ NAME_KINDS = {
     # kind: (how the value is given, regex of the refusal)
     "noise": (lambda v: {"noise": v}, r"noise variant .* is not a plain name"),
     "dataset": (lambda v: {"dataset": v}, r"dataset .* is not a plain name"),
-    "version": (lambda v: {"extra": ["--set", f"version={v}"]}, r"version .* is not a plain name"),
+    "version": (lambda v: {"extra": ["--set", f"version={v}"]}, r"version id .* is not a plain name"),
     "run_id": (lambda v: {"extra": ["--set", f"runtime.run_id={v}"]}, r"run id .* is not a plain name"),
     "method": (lambda v: {"method": v}, r"(unknown method|method .* is not a plain name)"),
 }
@@ -122,7 +122,7 @@ def test_a_second_trainer_on_a_held_run_folder_refuses_naming_the_holder(copy, c
 
 @pytest.mark.parametrize("content,pattern", [
     ("state_dict", r"is not a checkpoint of this trainer \(it holds a plain state dict of \d+ entries\)"),
-    ("text", r"cannot read checkpoint .*not a file torch\.save wrote"),
+    ("text", r"cannot read checkpoint .*: it is not a file torch\.save wrote with plain tensors and values \(UnpicklingError\)"),
     ("tensor", r"is not a checkpoint of this trainer \(it holds a Tensor\)"),
 ])
 def test_resume_of_a_file_that_is_not_a_checkpoint_says_so(content, pattern, copy, tmp_path, capsys):
