@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.contract.errors import ArtifactError, ConfigError
-from pipeline.contract.lock import artifacts_root, declared_roots, manifests_root, read_lock, resolve_record
-from pipeline.contract.names import plain_name
+from pipeline.contract.integrity import resolve_version
+from pipeline.contract.lock import artifacts_root, declared_roots, read_lock, resolve_record
 from pipeline.contract.tables import MANIFEST, SAMPLES, read_table
 from pipeline.store.outputs import HASH_THREADS, file_record, hash_files, image_digest, output_files
 
@@ -142,22 +142,9 @@ def _check_sources(lock: dict, version_dir: Path, dataset_root, drift: Drift) ->
 
 
 def checked_version(dataset: str, version: str, manifests: Path | None = None) -> str:
-    """The version id asked for, `latest` followed: each a plain name, since each becomes a path.
-
-    A `latest` holding anything but a version id (garbage, `../x`, several lines) is a damaged artefact.
-    """
-    plain_name("dataset", dataset)
-    if version != "latest":
-        return plain_name("version", version)
-    pointer = (manifests or manifests_root()) / "versions" / dataset / "latest"
-    if not pointer.is_file():
-        return version                  # read_lock says there is no prepared version
-    try:
-        text = pointer.read_text(encoding="utf-8").strip()
-        return plain_name("version id", text)
-    except (UnicodeDecodeError, ConfigError) as exc:
-        raise ArtifactError(f"the latest pointer {pointer} does not hold a version id ({exc}); run `make prepare "
-                            f"DATASET={dataset}` to rewrite it, or give --version") from None
+    """The version id asked for, `latest` followed: each a plain name, since each becomes a path (the
+    contract's reading, shared with the trainer: pipeline.contract.integrity.resolve_version)."""
+    return resolve_version(dataset, version, manifests)
 
 
 def _read_lock(dataset: str, version: str, manifests: Path | None) -> dict:

@@ -101,7 +101,8 @@ class PreparedVersion:
             if "make verify" in text:     # a damaged version: the line already says what to do
                 raise
             hint = "" if "make prepare" in text else f"; prepare it with `make prepare DATASET={dataset}`"
-            raise ArtifactError(f"{text}{hint} (manifests root: {manifests}; set FER_MANIFESTS to use another)") from exc
+            raise ArtifactError(f"{text}{hint} (manifests root: {manifests}; set FER_MANIFESTS to use another)") \
+                from exc
         return cls._load(files)
 
     @classmethod

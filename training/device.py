@@ -100,8 +100,9 @@ def available_memory() -> tuple[int, str]:
     except OSError:
         pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         found.append((pages * size, "free pages"))
+    v1 = "/sys/fs/cgroup/memory/memory."
     for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
         try:
             cap, used = Path(limit).read_text().strip(), int(Path(usage).read_text().strip())
         except (OSError, ValueError):

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, logged) -> int:
     args, overrides = parse_args(argv)
-    given = [value for key, value in overrides if key.strip("-").replace("-", "_") in ("runs_root", "runtime.runs_root")]
+    given = [value for key, value in overrides
+             if key.strip("-").replace("-", "_") in ("runs_root", "runtime.runs_root")]
     if given:                       # the log file goes beside the runs even when the config then fails
         logged.runs_root(given[-1])
     config = build_config(args, overrides)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.contract import crops as store
-from pipeline.contract.errors import ArtifactError
+from pipeline.contract.errors import ArtifactError, ConfigError
 from pipeline.contract.hashing import HashCache
 from pipeline.contract.lock import artifacts_root, cache_root, manifests_root, read_lock
 from pipeline.contract.names import PLAIN_NAME, plain_name
@@ -65,21 +65,23 @@ def verify_hint(dataset: str, version: str) -> str:
             f"prepare it again to repair it")
 
 
-def resolve_version(dataset: str, version: str, manifests: Path) -> str:
-    """The version id `version` names ('latest' follows the pointer file), checked as a plain name."""
+def resolve_version(dataset: str, version: str, manifests: Path | None = None) -> str:
+    """The version id `version` names ('latest' follows the pointer file), each checked as a plain name since
+    each becomes a path. A `latest` holding anything but a version id (garbage, `../x`, several lines) is a
+    damaged artefact: one ArtifactError naming the pointer."""
     plain_name("dataset", dataset)
     if version != "latest":
         return plain_name("version", version)
-    pointer = manifests / "versions" / dataset / "latest"
+    pointer = (manifests or manifests_root()) / "versions" / dataset / "latest"
     if not pointer.is_file():
         return version           # read_lock says there is no prepared version and how to make one
-    raw = pointer.read_bytes()[:200]
-    text = raw.decode("utf-8", errors="replace").strip()
-    if not PLAIN_NAME.fullmatch(text) or ".." in text:
+    try:
+        return plain_name("version id", pointer.read_bytes()[:1000].decode("utf-8").strip())
+    except (UnicodeDecodeError, ConfigError) as exc:
         known = sorted(p.stem for p in pointer.parent.glob("*.json"))
-        raise ArtifactError(f"{pointer} holds {text[:60]!r}, not a version id; known versions: "
-                            f"{', '.join(known) or 'none'} (write one into it, or run `make prepare DATASET={dataset}`)")
-    return text
+        raise ArtifactError(f"the latest pointer {pointer} does not hold a version id ({exc}); known versions: "
+                            f"{', '.join(known) or 'none'}; run `make prepare DATASET={dataset}` to rewrite it, "
+                            f"or give --version") from None
 
 
 def read_version_lock(dataset: str, version: str = "latest", manifests: Path | None = None) -> dict:
@@ -265,7 +267,8 @@ def _labels_fault(values: pa.ChunkedArray, num_classes: int, what: str) -> str |
         return f"{what} has type {label.dtype}, not integers"
     bad = (label < 0) | (label >= num_classes)
     if bad.any():
-        return f"{int(bad.sum())} {what}s outside the {num_classes} classes [0, {num_classes}) (e.g. {int(label[bad][0])})"
+        return (f"{int(bad.sum())} {what}s outside the {num_classes} classes [0, {num_classes}) "
+                f"(e.g. {int(label[bad][0])})")
     return None
 
 
@@ -297,7 +300,8 @@ def check_label_variant(n: int, num_classes: int, clean: np.ndarray) -> Callable
             return fault
         differ = table.column("clean_label").to_numpy(zero_copy_only=False) != clean[ids]
         if differ.any():
-            return f"{int(differ.sum())} clean labels differ from samples.parquet (e.g. sample_id {int(ids[differ][0])})"
+            return (f"{int(differ.sum())} clean labels differ from samples.parquet "
+                    f"(e.g. sample_id {int(ids[differ][0])})")
         return None
     return check
 
@@ -353,34 +357,20 @@ def check_graph(n: int) -> Callable[[object], str | None]:
 
 
 def open_checked_crops(files: VersionFiles, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """([N, S, S, 3] uint8 read-only crops, [N] bool valid mask) of a version, both checked against N."""
-    base = CROPS_DIR
-    index_name, data_name, valid_name = (f"{base}/{store.INDEX_FILE}", f"{base}/{store.DATA_FILE}",
-                                         f"{base}/{store.VALID_FILE}")
-
-    def index_fault(index) -> str | None:
-        if not isinstance(index, dict) or index.get("format") != store.FORMAT:
-            return f"not a crop index of format {store.FORMAT!r}"
-        size, channels, rows = index.get("size"), index.get("channels"), index.get("num_samples")
-        if not (isinstance(size, int) and 0 < size <= 4096 and channels == 3):
-            return f"crop size {size!r} / channels {channels!r} (expected 1..4096 and 3)"
-        if rows != n:
-            return f"{rows!r} crops for {n} samples in samples.parquet"
-        return None
-
-    index = files.read(index_name, lambda p: json.loads(p.read_text()), index_fault)
-    expected = n * index["size"] * index["size"] * 3
-    actual = files.present(data_name).stat().st_size
-    if actual != expected:
-        raise files.fault(data_name, f"{actual} bytes, {n} crops of {index['size']}x{index['size']}x3 need "
-                                     f"{expected} (truncated or padded)")
-    crops = store.open_crops(files.directory / base)
-    files.confirm(data_name)
-
-    def valid_fault(valid: np.ndarray) -> str | None:
-        if valid.dtype != np.bool_ or valid.shape != (n,):
-            return f"a valid mask of {valid.dtype} {list(valid.shape)} for {n} crops (expected bool [{n}])"
-        return None if valid.any() else "no crop is marked valid"
-
-    valid = files.read(valid_name, lambda p: np.load(p, allow_pickle=False), valid_fault)
+    """([N, S, S, 3] uint8 read-only crops, [N] bool valid mask) of a version: the three files at their
+    recorded sizes, the store read by the contract's reader (which refuses a data file of the wrong size
+    and a missing or mis-sized mask), its rows against the N samples, then the three hashes."""
+    names = [f"{CROPS_DIR}/{name}" for name in (store.INDEX_FILE, store.DATA_FILE, store.VALID_FILE)]
+    for name in names:
+        files.present(name)
+    directory = files.directory / CROPS_DIR
+    crops = store.open_crops(directory)                 # ArtifactError lines already point at make verify
+    if crops.shape[0] != n or crops.shape[3] != 3:
+        raise files.fault(names[0], f"{crops.shape[0]} crops of {list(crops.shape[1:])} for {n} samples in "
+                                    f"samples.parquet")
+    valid = store.read_valid_mask(directory)
+    if not valid.any():
+        raise files.fault(names[2], "no crop is marked valid")
+    for name in names:
+        files.confirm(name)
     return crops, valid

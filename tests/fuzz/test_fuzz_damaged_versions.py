@@ -124,7 +124,7 @@ CASES = [
      r"samples\.parquet: \d+ bytes, the lock records"),
     ("lock_not_json", lambda c: c.lock.write_text("{ this is not json"), "clean", r"is not valid JSON"),
     ("latest_holds_garbage", lambda c: c.latest.write_bytes(b"\x00\xff../../etc/passwd\n"), "clean",
-     r"latest holds .*not a version id"),
+     r"the latest pointer .*latest does not hold a version id"),
 ]
 
 
@@ -169,11 +169,11 @@ FORGED = [
     ("all_nan_landmarks", _nan_landmarks, "landmarks.parquet", "clean",
      r"landmarks\.parquet: \d+ rows of points hold NaN or infinite values"),
     ("short_valid_mask", _short_valid, "crops/valid.npy", "clean",
-     r"crops/valid\.npy: a valid mask of bool \[159\] for 160 crops"),
+     r"crops/valid\.npy holds bool \[159\], not \[160\] bool"),
     ("sample_id_out_of_range", lambda c: _sample_id(c, 10_000), "samples.parquet", "clean",
      r"samples\.parquet: 1 sample ids outside \[0, 160\) \(e\.g\. 10000\)"),
     ("truncated_crop_store", lambda c: _truncate(c.directory / "crops/crops.u8", 0.5), "crops/crops.u8", "clean",
-     r"crops/crops\.u8: \d+ bytes, 160 crops of 64x64x3 need 1966080 \(truncated or padded\)"),
+     r"crops/crops\.u8 is 983040 bytes, its index says 1966080 bytes \(160 crops of 64x64\)"),
 ]
 
 

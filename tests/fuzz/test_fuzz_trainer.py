@@ -122,7 +122,8 @@ def test_a_second_trainer_on_a_held_run_folder_refuses_naming_the_holder(copy, c
 
 @pytest.mark.parametrize("content,pattern", [
     ("state_dict", r"is not a checkpoint of this trainer \(it holds a plain state dict of \d+ entries\)"),
-    ("text", r"cannot read checkpoint .*: it is not a file torch\.save wrote with plain tensors and values \(UnpicklingError\)"),
+    ("text", r"cannot read checkpoint .*: it is not a file torch\.save wrote with plain tensors and values "
+             r"\(UnpicklingError\)"),
     ("tensor", r"is not a checkpoint of this trainer \(it holds a Tensor\)"),
 ])
 def test_resume_of_a_file_that_is_not_a_checkpoint_says_so(content, pattern, copy, tmp_path, capsys):
