@@ -76,7 +76,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [("baseline", "baseline", []), ("ldl_alsg", "ldl_alsg (lambda 5e-4)", [])]
-    variants += [("ldl_alsg", f"ldl_alsg (lambda {lam})", [("lam", lam)]) for lam in args.extra_lams.split(",") if lam]
+    variants += [("ldl_alsg", f"ldl_alsg (lambda {lam})", [("method_config.lam", lam)]) for lam in args.extra_lams.split(",") if lam]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.artifacts:

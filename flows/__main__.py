@@ -22,24 +22,30 @@ import sys
 from pathlib import Path
 
 from flows.runtime import configure_prefect
+from pipeline.contract.cli import Alias, ConfigArgumentParser, add_config_arguments, overrides_of
 from pipeline.report.build import REPORT_FILE
+
+# The one table of the prepare command's shortcut flags: each is `--set KEY=VALUE` (pipeline.config.PrepareConfig).
+PREPARE_ALIASES = (
+    Alias("--dataset", "dataset", help="dataset spec name (default: synthetic)"),
+    Alias("--root", "root", help="dataset root (default: $FER_DATA_ROOT/<dataset>)"),
+)
 
 
 def _add_prepare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="synthetic", help="dataset spec name (default: synthetic)")
-    parser.add_argument("--root", help="dataset root (default: $FER_DATA_ROOT/<dataset>)")
-    parser.add_argument("--config", help="YAML prepare config (see data_manifests/prepare/)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config key, e.g. --set graphs.k=8 --set source.n=500")
+    from pipeline.config import PrepareConfig
+
+    add_config_arguments(parser, PREPARE_ALIASES, PrepareConfig,
+                         config_help="YAML prepare config (see data_manifests/prepare/); e.g. --set graphs.k=8")
     parser.add_argument("--dask-address", help="run tasks on an existing Dask cluster (tcp://HOST:PORT)")
     parser.add_argument("--dask-workers", type=int, default=0, help="start a local Dask cluster with N workers")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ConfigArgumentParser(prog="python -m flows", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ConfigArgumentParser)
     _add_prepare_args(commands.add_parser("prepare", help="prepare a dataset version"))
     serve = commands.add_parser("serve", help="serve a scheduled deployment of the prepare flow")
     _add_prepare_args(serve)
@@ -86,7 +92,7 @@ def _prepare_or_serve(args: argparse.Namespace) -> dict | None:
     from pipeline.config import load_prepare_config
     from pipeline.contract.storage import require_writable_roots
 
-    config = load_prepare_config(args.config, args.set, dataset=args.dataset, root=args.root)
+    config = load_prepare_config(args.config, overrides_of(args))
     require_writable_roots()             # a read-only store: one line, before Prefect starts
     if args.command == "serve":
         from flows.schedule import serve_prepare

@@ -1,7 +1,8 @@
 """The prepare configuration: what `make prepare` takes, and the frozen stage configs it resolves to.
 
-Layers (pipeline.contract.config, shared with the trainer): dataclass defaults < a YAML file (`--config`)
-< `--set section.key=value` < explicit keyword fields. Sections (`align`, `landmarks`, `graphs`, ...)
+Layers (pipeline.contract.config.build_config, the one builder, shared with the trainer): dataclass defaults
+< a YAML file (`--config`) < `--set section.key=value` (and the CLI's shortcut flags, PREPARE_ALIASES in
+flows/__main__.py) < explicit keyword fields. Numeric keys carry declared ranges (`bounded`). Sections (`align`, `landmarks`, `graphs`, ...)
 hold only the keys a user set; `resolve_stage_configs` lays them over each stage's config dataclass,
 coerces every value to its field's type and validates it, so a wrong option fails before any work.
 """
@@ -12,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.contract.config import build_dataclass, coerce, load_yaml, merge, overrides_to_dict
+from pipeline.contract.config import SEED_MAX, bounded, build_config, build_dataclass, coerce
 from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.specs import DatasetSpec, load_spec, resolve_root
 
@@ -30,12 +31,12 @@ class PrepareConfig:
 
     dataset: str = "synthetic"
     root: str | None = None
-    num_classes: int | None = None          # None: the spec's
+    num_classes: int | None = bounded(None, 7, 8)     # None: the spec's
     source: dict = field(default_factory=dict)        # adapter options (synthetic: n, seed, size, ...)
-    shard_size: int = 250                   # images per task (100-500: one task per image is too costly)
-    max_workers: int = 2                    # bounded concurrency of shard tasks
+    shard_size: int = bounded(250, 1, 5000)      # images per task (100-500: one task per image is too costly)
+    max_workers: int = bounded(2, 1, 1024)       # bounded concurrency of shard tasks
     runner: str = "processes"               # where shards run: serial | threads | processes (pipeline.prepare)
-    process_min_images: int = 2000          # processes: a stage with fewer pending images runs on threads
+    process_min_images: int = bounded(2000, 0, 10**9)   # processes: a stage with fewer pending images runs on threads
     align: dict = field(default_factory=dict)         # pipeline.stages.faces.AlignConfig fields
     landmarks: dict = field(default_factory=dict)     # pipeline.stages.landmarks.LandmarkConfig fields
     action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
@@ -43,28 +44,17 @@ class PrepareConfig:
     noise: dict = field(default_factory=dict)         # pipeline.stages.noise config fields (variants, ...)
     pseudo_va: dict = field(default_factory=dict)     # pipeline.stages.pseudo_va.PseudoVAConfig fields (checkpoint)
     report: bool = True
-    seed: int = 0
-    lock_wait_s: float = 0.0                # wait this long for another prepare of the dataset; 0: refuse at once
+    seed: int = bounded(0, 0, SEED_MAX)
+    lock_wait_s: float = bounded(0.0, 0, 7 * 86400)   # wait this long for another prepare of the dataset; 0: refuse at once
 
     def __post_init__(self) -> None:
-        if not 1 <= self.shard_size <= 5000:
-            raise ConfigError(f"shard_size must be within 1..5000, got {self.shard_size}")
-        if self.max_workers < 1:
-            raise ConfigError(f"max_workers must be at least 1, got {self.max_workers}")
-        if self.process_min_images < 0:
-            raise ConfigError(f"process_min_images must be >= 0, got {self.process_min_images}")
         if self.runner not in RUNNERS:
             raise ConfigError(choices_message("runner", self.runner, RUNNERS))
-        if self.lock_wait_s < 0:
-            raise ConfigError(f"lock_wait_s must be >= 0 seconds, got {self.lock_wait_s}")
 
 
 def load_prepare_config(path: str | Path | None = None, overrides: list[str] = (), **fields) -> PrepareConfig:
     """Defaults < YAML file < `section.key=value` overrides < explicit keyword fields (None ones skipped)."""
-    values = load_yaml(path, "prepare config file") if path else {}
-    values = merge(values, overrides_to_dict(overrides))
-    values.update({k: v for k, v in fields.items() if v is not None})
-    return build_dataclass(PrepareConfig, values)
+    return build_config(PrepareConfig, [path], overrides, fields=fields, what="prepare config file")
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from pipeline.contract.classes import CANONICAL_CLASSES, class_names
+from pipeline.contract.config import load_yaml
 from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.contract.lock import specs_root
 from pipeline.contract.names import plain_name
@@ -83,8 +82,13 @@ def load_spec(name_or_path: str | Path, overrides: dict | None = None, root: Pat
     if not path.is_file():
         raise ConfigError(choices_message("dataset", str(name_or_path), known_specs(root)) +
                           f" (or give a spec file path; looked for {path})")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path, "dataset spec")     # the safe loader: aliases refused, size capped, a mapping
     raw.update(overrides or {})
+    for key in ("class_map", "excluded", "splits", "usage_to_split", "options"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise ConfigError(f"dataset spec {path}: {key} must be a mapping, got {raw[key]!r}"[:300])
+    if not isinstance(raw.get("image_dirs") or [], (list, tuple)):
+        raise ConfigError(f"dataset spec {path}: image_dirs must be a list, got {raw['image_dirs']!r}"[:300])
     for key in ("class_map", "excluded"):
         raw[key] = {str(k): v for k, v in (raw.get(key) or {}).items()}
     raw["image_dirs"] = tuple(raw.get("image_dirs") or ())

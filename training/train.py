@@ -1,11 +1,11 @@
 """Command line: train one method on one prepared dataset version and noise variant.
 
     python -m training.train --dataset synthetic --method baseline --noise sym-0.30 \\
-        [--config FILE] [--epochs 2 --batch-size 32 --lr 1e-3 ...] [--set optim.name=sgd ...] [--resume RUN_DIR]
+        [--config FILE] [--set optim.name=sgd ...] [--epochs 2 --batch-size 32 --lr 1e-3 ...] [--resume RUN_DIR]
 
-Configuration layers: built-in defaults <- training/configs/<method>.yaml <- --config FILE <- the flags.
-Any config key can be given as `--key value` (dotted path like --optim.lr, or a unique leaf name like
---lr; dashes or underscores) or as `--set key=value`. Under torchrun the same command trains with DDP:
+Configuration layers: built-in defaults <- training/configs/<method>.yaml <- --config FILE <- `--set key=value`
+and the shortcut flags (each a declared alias of one `--set` key, TRAIN_ALIASES, listed by --help), in
+command-line order. Under torchrun the same command trains with DDP:
 
     torchrun --nproc_per_node 2 -m training.train --dataset synthetic --method baseline --noise clean
 """
@@ -18,8 +18,26 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.contract.config import parse_set
+from pipeline.contract.cli import Alias, config_parser, overrides_of
 from pipeline.contract.errors import ConfigError, FerError
+
+# The one table of this command's shortcut flags: each is `--set KEY=VALUE` (in command-line order with --set).
+TRAIN_ALIASES = (
+    Alias("--epochs", "epochs"),
+    Alias("--batch-size", "batch_size", help="per process"),
+    Alias("--version", "version", help="prepared version id (default: latest)"),
+    Alias("--lr", "optim.lr"),
+    Alias("--image-size", "data.image_size"),
+    Alias("--groups-per-batch", "data.groups_per_batch"),
+    Alias("--num-workers", "data.num_workers"),
+    Alias("--seed", "runtime.seed"),
+    Alias("--device", "runtime.device", help="auto | cpu | cuda | cuda:N"),
+    Alias("--threads", "runtime.threads"),
+    Alias("--max-steps", "runtime.max_steps"),
+    Alias("--runs-root", "runtime.runs_root"),
+    Alias("--run-id", "runtime.run_id"),
+    Alias("--deterministic", "runtime.deterministic", const="true"),
+)
 
 EXAMPLES = """
 examples:
@@ -28,7 +46,7 @@ examples:
   python -m training.train --dataset rafdb --method lanet --noise clean --set model.weights=/path/msceleb.pth
   python -m training.train --dataset synthetic --method baseline --noise clean --resume runs/<run-id>
 
-common keys: epochs batch_size version optim.{name,lr,weight_decay,momentum,grad_clip}
+keys for --set: epochs batch_size version optim.{name,lr,weight_decay,momentum,grad_clip}
   schedule.{name,warmup_epochs,min_lr_ratio} data.{image_size,resize,sampler,num_workers,flip,color_jitter,
   erasing_p,groups_per_batch,au_neighbors,landmark_neighbors} model.{backbone,weights}
   runtime.{device,recipe_device,bf16,channels_last,compile,deterministic,seed,max_steps,runs_root,run_id,
@@ -39,38 +57,22 @@ outputs: runs/<run-id>/ config.yaml metrics.jsonl tensorboard/ checkpoints/last.
 """
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    """Named flags, plus every other `--key value` / `--key=value` / `--set key=value` as overrides."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, object]]]:
+    """The named flags, and the `--set` items and shortcut flags as (key, value) overrides in command-line order."""
+    from training.config import TrainConfig
+
+    parser = config_parser("python -m training.train", __doc__.split("\n\n")[0], TRAIN_ALIASES, TrainConfig,
+                           epilog=EXAMPLES, config_help="YAML file layered over the method's defaults")
     parser.add_argument("--dataset", required=True, help="prepared dataset name (make prepare DATASET=...)")
     parser.add_argument("--method", required=True, help="baseline | ldl_alsg | lanet | soft | ldlva")
     parser.add_argument("--noise", default="clean", help="label variant: clean, sym-0.30, asym-0.30-s1, ...")
-    parser.add_argument("--config", default=None, help="YAML file layered over the method's defaults")
     parser.add_argument("--resume", default=None, help="checkpoint file or run directory to continue")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, rest = parser.parse_known_args(argv)
-    overrides = [parse_set(item) for item in args.set]   # the one --set parser (pipeline.contract.config)
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--"):
-            raise ConfigError(f"unexpected argument {token!r}; config keys are given as --key value")
-        if "=" in token:
-            key, value = token[2:].split("=", 1)
-            i += 1
-        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            key, value = token[2:], rest[i + 1]
-            i += 2
-        else:
-            key, value = token[2:], "true"  # a bare flag switches a boolean on
-            i += 1
-        overrides.append((key, value))
-    return args, overrides
+    args = parser.parse_args(argv)
+    return args, overrides_of(args)
 
 
-def build_config(args: argparse.Namespace, overrides: list[tuple[str, str]]):
+def build_config(args: argparse.Namespace, overrides: list[tuple[str, object]]):
     from training.checkpoint import load_checkpoint, resolve_checkpoint
     from training.config import resolve_config
 

@@ -17,8 +17,15 @@ from bench.noise.plan import (
     load_benchmark_file,
 )
 from bench.noise.report import format_markdown
-from pipeline.contract.config import parse_set
+from pipeline.contract.cli import Alias, config_parser, overrides_of
 from pipeline.contract.errors import ConfigError, FerError
+
+# The one table of this command's shortcut flags: each is `--set KEY=VALUE` of every cell's training config.
+BENCH_ALIASES = (
+    Alias("--epochs", "epochs"),
+    Alias("--batch-size", "batch_size"),
+    Alias("--version", "version", help="prepared version id (default: latest)"),
+)
 
 
 def _csv(text: str) -> list[str]:
@@ -69,13 +76,15 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join([*env, "python bench/benchmark_noise.py", *(shlex.quote(a) for a in argv)])
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    parser = argparse.ArgumentParser(prog="python bench/benchmark_noise.py", description=PACKAGE_DOC.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[tuple[str, object]]]:
+    from training.config import TrainConfig
+
+    parser = config_parser("python bench/benchmark_noise.py", PACKAGE_DOC.split("\n\n")[0], BENCH_ALIASES,
+                           TrainConfig, config_help="benchmark config (e.g. training/configs/benchmark_tiny.yaml)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--methods", default="baseline,ldl_alsg,lanet,soft,ldlva", help="comma-separated")
     parser.add_argument("--noise", default="clean", help="comma-separated noise variants, e.g. clean,sym-0.30")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    parser.add_argument("--config", default=None, help="benchmark config (e.g. training/configs/benchmark_tiny.yaml)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default bench/results)")
     parser.add_argument("--name", default=None, help="output file stem (default from the config)")
     parser.add_argument("--runs-root", default=None, help="where cell runs go (default runs/benchmarks)")
@@ -85,11 +94,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--equal-images", action="store_true",
                         help=f"add the control baseline{EQUAL_IMAGES}: the baseline trained for as many images "
                              f"as the grouped methods see (epochs x (1 + K), the schedule stretched alike)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="training-config override for every cell (like training.train --set)")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
-    return args, [parse_set(item) for item in args.set]   # the one --set parser (pipeline.contract.config)
+    return args, overrides_of(args)   # --set items (training-config keys of every cell) and shortcuts, in order
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,19 @@
-"""The one config builder and the one `--set` parser, shared by prepare and train.
+"""The one config builder and the one `--set` parser, shared by prepare, train, the benchmark and the audit.
 
-Layers, lowest first: dataclass defaults < YAML file(s) < `--set key.sub=value` overrides. Values are
-parsed as YAML (`1e-3`, `true`, `[1, 2]`, `{a: 1}`) and then coerced to the annotated type of the field
-they land on, recursing into nested dataclass fields. A value of the wrong type fails at once with one
-line naming the key, the value and the type expected, before any work starts:
+Layers, lowest first: dataclass defaults < YAML file(s) < `--set key.sub=value` overrides (< explicit fields a
+command fixes itself). Values are parsed as YAML (`1e-3`, `true`, `[1, 2]`, `{a: 1}`) and then coerced to the
+annotated type of the field they land on, recursing into nested dataclass fields. A value of the wrong type, or
+a number outside its field's declared range (`bounded(...)`), fails at once with one line naming the key, the
+value and what is expected, before any work starts:
 
-    >>> build_dataclass(Config, merge(load_yaml("x.yaml"), overrides_to_dict(["shard_size=abc"])))
+    >>> build_config(Config, ["x.yaml"], ["shard_size=abc"])
     ConfigError: config key 'shard_size': cannot use 'abc' as int
+    >>> build_config(Config, overrides=["shard_size=0"])
+    ConfigError: config key 'shard_size': 0 is outside its range [1, 5000]
+
+Bounds at the door: YAML is read with the safe loader, aliases refused (an alias bomb of 2 KB expands to
+gigabytes), files capped at MAX_YAML_BYTES, and a file must hold a mapping. The command-line side (an argparse
+parser with `--config`, `--set` and a command's declared shortcut flags) is pipeline.contract.cli.
 """
 from __future__ import annotations
 
@@ -57,8 +64,8 @@ def parse_value(raw: object) -> object:
     if not isinstance(raw, str) or isinstance(raw, TypedText):
         return raw
     try:
-        parsed = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        parsed = parse_yaml(raw, f"value {raw!r}") if raw.strip() else ""
+    except _NotYaml:
         parsed = raw                     # not YAML: keep the text; coercion reports a wrong type
     return TypedText(raw, parsed)
 
@@ -100,17 +107,66 @@ def overrides_to_dict(items: Iterable[str | tuple[str, object]]) -> dict:
 
 # --- YAML layers -------------------------------------------------------------------------------------
 
-def load_yaml(path: str | Path, what: str = "config file") -> dict:
-    """A YAML file holding a mapping at the top level (empty file: {})."""
+MAX_YAML_BYTES = 1 << 20        # 1 MiB: configs and dataset specs are a few KB; more is a mistake or an attack
+
+
+class _NotYaml(ConfigError):
+    """Text that is not YAML (a command-line value falls back to its text; a file fails)."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """The safe loader with aliases refused: `*name` (and `<<: *name`) raise before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"uses the YAML alias *{event.anchor} (line {event.start_mark.line + 1}); aliases "
+                              f"are refused (a small file could expand to gigabytes): write the value out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, what: str) -> object:
+    """`text` read as YAML by the safe loader, aliases refused: ConfigError naming `what` on any fault."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} is {len(text):,} characters; the limit is {MAX_YAML_BYTES:,} (MAX_YAML_BYTES)")
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    except ConfigError as exc:
+        raise ConfigError(f"{what} {exc}") from None
+    except yaml.YAMLError as exc:
+        raise _NotYaml(f"{what} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply to be a config") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> object:
+    """A YAML file's value (None when empty): missing, over MAX_YAML_BYTES, not UTF-8 or not YAML -> ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {path} is {size:,} bytes; the limit is {MAX_YAML_BYTES:,} (MAX_YAML_BYTES)")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_YAML_BYTES + 1)     # the file may have grown since stat
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    return parse_yaml(text, f"{what} {path}")
+
+
+def load_yaml(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping at the top level (empty file: {}); a list or a scalar -> ConfigError."""
+    data = read_yaml_file(path, what)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping (key: value lines) at the top level, "
+                          f"got a {type(data).__name__}")
     return data
 
 
@@ -246,20 +302,115 @@ def coerce(value: object, hint, key: str):
     return _scalar(value, hint, key)
 
 
+# --- declared ranges ----------------------------------------------------------------------------------
+
+SEED_MAX = 2**32 - 1            # seeds are 0..2**32-1: numpy's legacy RandomState range; torch takes 64 bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed (or half-open) interval a numeric field must lie in; None: unbounded on that side."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return bool(above and below)     # NaN compares False both ways: outside every range
+
+    def __str__(self) -> str:
+        lo, hi = _number(self.lo), _number(self.hi)
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {lo}" if self.lo is not None else "any"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {hi}"
+        return f"{'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    """Whole numbers in full (4294967295, not 4.29e+09), others in their short form."""
+    if value is not None and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}" if value is not None else ""
+
+
+def bounded(default: object = dataclasses.MISSING, lo: float | None = None, hi: float | None = None, *,
+            lo_open: bool = False, hi_open: bool = False, default_factory=dataclasses.MISSING):
+    """A dataclass field with a declared range (`metadata["range"]`), checked by the builder.
+
+    `lr: float = bounded(1e-3, 0, 10, lo_open=True)`; on a tuple or list field every item is checked.
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"range": Range(lo, hi, lo_open, hi_open)})
+
+
+def field_range(field: dataclasses.Field) -> Range | None:
+    """The declared range of a field (a Range, or a plain (lo, hi) tuple read as closed), else None."""
+    declared = field.metadata.get("range")
+    if declared is None or isinstance(declared, Range):
+        return declared
+    lo, hi = declared
+    return Range(lo, hi)
+
+
+def check_range(key: str, value: object, declared: Range | None) -> None:
+    """ConfigError naming key, value and range when a number (or an item of a sequence) lies outside it."""
+    if declared is None or value is None or isinstance(value, bool):
+        return
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    for i, item in enumerate(items):
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and item not in declared:
+            where = f"{key}[{i}]" if items is value else key
+            raise ConfigError(f"config key {where!r}: {item!r} is outside its range {declared}")
+
+
+def declared_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
+    """Dotted key -> declared range of every bounded field of `cls` and its nested dataclasses."""
+    ranges: dict[str, Range] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if field_range(f) is not None:
+            ranges[key] = field_range(f)
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            ranges.update(declared_ranges(hints[f.name], f"{key}."))
+    return ranges
+
+
+# --- building --------------------------------------------------------------------------------------------
+
+def _leaf_hint(cls: type, key: str, prefix: str) -> str:
+    """' (did you mean optim.lr?)' when `key` is a field of exactly one nested section of `cls`."""
+    hints = typing.get_type_hints(cls)
+    found = [f"{f.name}.{key}" for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints.get(f.name))
+             and key in {sub.name for sub in dataclasses.fields(hints[f.name])}]
+    if len(found) != 1:
+        return ""
+    return f" (did you mean {prefix + '.' if prefix else ''}{found[0]}?)"
+
+
 def build_dataclass(cls: type, values: Mapping | None, prefix: str = ""):
-    """An instance of dataclass `cls` from a (nested) mapping: unknown keys and wrong types raise ConfigError.
+    """An instance of dataclass `cls` from a (nested) mapping: unknown keys, wrong types and numbers outside
+    their declared range raise ConfigError.
 
     Fields not in `values` keep their defaults; nested dataclass fields are built from nested mappings.
     `prefix` names the section in messages ('graphs' gives 'graphs.k').
     """
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"config {prefix or cls.__name__} must be a mapping of fields, got {values!r}"[:300])
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in (values or {}).items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(choices_message(f"config key in {prefix or cls.__name__}", str(key), names))
+        if key not in fields:
+            raise ConfigError(choices_message(f"config key in {prefix or cls.__name__}", str(key), list(fields))
+                              + _leaf_hint(cls, str(key), prefix))
         kwargs[key] = coerce(value, hints[key], full)
+        check_range(full, kwargs[key], field_range(fields[key]))
     try:
         return cls(**kwargs)
     except TypeError as exc:              # a __post_init__ comparing a value of the wrong type
@@ -267,11 +418,16 @@ def build_dataclass(cls: type, values: Mapping | None, prefix: str = ""):
 
 
 def build_config(cls: type, files: Iterable[str | Path | None] = (), overrides: Iterable = (),
-                 base: Mapping | None = None):
-    """dataclass defaults < `base` < each YAML file in order < `--set` overrides -> an instance of `cls`."""
+                 base: Mapping | None = None, fields: Mapping | None = None, what: str = "config file"):
+    """THE builder: dataclass defaults < `base` < each YAML file in order < `--set` overrides < `fields`.
+
+    `overrides` are `--set` strings or (key, value) pairs (what pipeline.contract.cli parses); `fields` are
+    values a command fixes itself (None ones skipped); `what` names the files in messages.
+    """
     values = dict(base or {})
     for path in files:
         if path:
-            values = merge(values, load_yaml(path))
+            values = merge(values, load_yaml(path, what))
     values = merge(values, overrides_to_dict(overrides))
+    values.update({k: v for k, v in (fields or {}).items() if v is not None})
     return build_dataclass(cls, values)

@@ -68,14 +68,16 @@ def test_resume_gives_the_same_next_step_loss(method, tiny_overrides, tmp_path):
 
 def test_config_layers_and_overrides(tiny_prepared_version):
     config = resolve_config("ldl_alsg", "synthetic", "clean", ROOT / "training/configs/tiny.yaml",
-                            [("lr", "0.01"), ("--batch-size", "8"), ("lam", "0.1"), ("data.au_neighbors", "2"),
-                             ("runtime.deterministic", "true")])
+                            [("optim.lr", "0.01"), ("batch_size", "8"), ("method_config.lam", "0.1"),
+                             ("data.au_neighbors", "2"), ("runtime.deterministic", "true")])
     assert config.data.sampler == "groups"          # from configs/ldl_alsg.yaml
     assert config.model.backbone == "tiny"          # from the --config file
     assert config.optim.lr == 0.01 and config.batch_size == 8 and config.method_config["lam"] == 0.1
     assert config.data.au_neighbors == 2 and config.runtime.deterministic is True
     with pytest.raises(ConfigError, match="valid choices"):
         resolve_config("baseline", "synthetic", "clean", None, [("no_such_key", "1")])
+    with pytest.raises(ConfigError, match=r"did you mean optim\.lr\?"):     # a leaf name is no key: one hint
+        resolve_config("baseline", "synthetic", "clean", None, [("lr", "0.01")])
     with pytest.raises(ConfigError, match="cannot use"):
         resolve_config("baseline", "synthetic", "clean", None, [("epochs", "many")])
     with pytest.raises(ConfigError, match="unknown config key in method_config"):
