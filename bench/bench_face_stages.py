@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import geometry as align
+from pipeline import geometry
 from pipeline import images
 from pipeline.contract.tables import vectors_to_arrow, vectors_to_numpy
 from pipeline.models import dlib_models, sharing
@@ -317,16 +317,17 @@ def reduced_decode(root: Path, table: pa.Table, reduce: int | None = None) -> di
         with images.OpenImage(root / row["relpath"]) as handle:
             width, height = handle.size
         planned = backend.plan(row, width, height, config)
-        k = reduce or images.reduction_for_scale(align.transform_scale(planned.transform))
+        k = reduce or images.reduction_for_scale(geometry.transform_scale(planned.transform))
         for name, wanted in (("full", 1), ("reduced", k)):
             start = time.process_time()
             with images.OpenImage(root / row["relpath"]) as handle:
                 pixels, got = handle.rgb(wanted)
             seconds[name] += time.process_time() - start
-            to_crop = planned.transform if got == 1 else align.compose(planned.transform, images.reduced_to_full(got))
-            crops[name].append(align.warp_crop(pixels, to_crop, config.crop_size))
+            to_crop = (planned.transform if got == 1
+                       else geometry.compose(planned.transform, images.reduced_to_full(got)))
+            crops[name].append(geometry.warp_crop(pixels, to_crop, config.crop_size))
         used.append(got)
-        truth.append(align.map_points(np.asarray(row["given_landmarks"]).reshape(68, 2), planned.transform))
+        truth.append(geometry.map_points(np.asarray(row["given_landmarks"]).reshape(68, 2), planned.transform))
     full, small = np.stack(crops["full"]), np.stack(crops["reduced"])         # [N, 256, 256, 3]
     p_full, p_small = landmarks.dlib_landmarks(full)[0], landmarks.dlib_landmarks(small)[0]
     moved = np.linalg.norm(p_full - p_small, axis=2)                         # [N, 68] px in the crop

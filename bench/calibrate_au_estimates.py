@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import geometry as align
+from pipeline import geometry
 from pipeline.stages.action_units import AU_INTENSITY_NAMES, calibrate_estimate, estimate_aus
 from pipeline.stages.faces import AlignConfig, detect_dlib
 from pipeline.stages.landmarks import dlib_landmarks
@@ -58,7 +58,7 @@ def main() -> None:
     for i, s in enumerate(held):
         face = detect_dlib(s.image, AlignConfig())
         if face.status in ("ok", "multi_face"):
-            crops.append(align.warp_crop(s.image, face.transform, 256))
+            crops.append(geometry.warp_crop(s.image, face.transform, 256))
             keep.append(i)
     dlib_points, _ = dlib_landmarks(np.stack(crops))
     report["dlib_points"] = _report("held-out, dlib points", estimate_aus(dlib_points, calibration),

@@ -38,9 +38,6 @@ TEMPLATE_WEIGHTS = np.array([1.0, 1.0, 0.1, 0.03, 0.03])  # eyes, nose tip, mout
 BOX_SIDE_PER_IOD = 2.10
 BOX_EYES_FROM_TOP = 0.295
 
-LAYOUT_68 = layouts.IBUG68
-LAYOUT_AFLW19 = layouts.AFLW19
-
 
 def template_points(size: int) -> np.ndarray:
     """[5, 2] canonical points in pixel-index coordinates of a `size` x `size` crop."""
@@ -50,12 +47,12 @@ def template_points(size: int) -> np.ndarray:
 def five_points(points: np.ndarray) -> np.ndarray:
     """[P, 2] landmarks in a known layout (68 iBUG or 19 AFLW) -> [5, 2] eyes, nose tip, mouth corners."""
     points = np.asarray(points, dtype=np.float64)
-    if points.shape == (LAYOUT_68, 2):
+    if points.shape == (layouts.IBUG68, 2):
         return np.stack([
             points[36:42].mean(axis=0), points[42:48].mean(axis=0),
             points[30], points[48], points[54],
         ])
-    if points.shape == (LAYOUT_AFLW19, 2):
+    if points.shape == (layouts.AFLW19, 2):
         return points[list(layouts.AFLW19_FIVE)]    # eye centres, nose tip, mouth corners
     if points.shape == (5, 2):
         return points
@@ -153,16 +150,6 @@ def transform_from_row(row: np.ndarray) -> np.ndarray:
     """[6] (or [N, 6]) -> 2x3 (or [N, 2, 3])."""
     row = np.asarray(row, dtype=np.float64)
     return row.reshape(*row.shape[:-1], 2, 3)
-
-
-def landmarks_68_to_aflw19(points: np.ndarray) -> np.ndarray:
-    """[..., 68, 2] iBUG points -> [..., 19, 2] AFLW-19 (the one mapping: pipeline.contract.layouts)."""
-    return layouts.aflw19_from_ibug68(points)
-
-
-def check_layout(name: str) -> int:
-    """Number of points of an output layout name ('native' -> 0, meaning keep the backend's)."""
-    return layouts.layout_points(name)
 
 
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:

@@ -1,5 +1,9 @@
 """Landmark layouts and the ONE AFLW-19-from-iBUG-68 mapping (shared by the pipeline and the trainer).
 
+One table, AFLW19_FROM_IBUG68, and its two forms side by side: `aflw19_from_ibug68` on numpy arrays (the
+landmarks stage, alignment) and `aflw19_from_ibug68_torch` on tensors (LA-Net's heatmap branch); torch is
+imported only by the torch form, so `import pipeline` stays light.
+
 iBUG 300-W 68 points, 0-based (as dlib, FAN and HRNet-300W give them): 0-16 jaw (8 = chin), 17-21 and
 22-26 the brows of the image-left and image-right eye (17 and 26 the outer ends, 19 and 24 the middles),
 27-30 nose bridge (30 = tip), 31-35 nose base (31 and 35 the wings), 36-41 and 42-47 the eyes (36/39 and
@@ -24,9 +28,14 @@ the nose centre is the tip (30); the chin is 8.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from pipeline.contract.errors import ConfigError, choices_message
+
+if TYPE_CHECKING:
+    import torch
 
 IBUG68 = 68
 AFLW19 = 19
@@ -68,3 +77,12 @@ def aflw19_from_ibug68(points: np.ndarray) -> np.ndarray:
     if p.shape[-2:] != (IBUG68, 2):
         raise ConfigError(f"expected [..., 68, 2] landmarks to convert to AFLW-19, got {p.shape}")
     return np.stack([p[..., list(group), :].mean(axis=-2) for group in AFLW19_FROM_IBUG68], axis=-2)
+
+
+def aflw19_from_ibug68_torch(points: torch.Tensor) -> torch.Tensor:
+    """[..., 68, 2] iBUG points (a tensor, any device) -> [..., 19, 2] AFLW-19 points, by AFLW19_FROM_IBUG68."""
+    import torch
+
+    if points.shape[-2:] != (IBUG68, 2):
+        raise ConfigError(f"expected [..., 68, 2] landmarks to convert to AFLW-19, got {tuple(points.shape)}")
+    return torch.stack([points[..., list(group), :].mean(dim=-2) for group in AFLW19_FROM_IBUG68], dim=-2)

@@ -14,10 +14,10 @@ import warnings
 import numpy as np
 
 from pipeline.contract.errors import ConfigError, require_package
+from pipeline.contract.registry import Registry
 from pipeline.knn.backends import TIE_MARGIN, KnnBackend, register_backend
 from pipeline.knn.blocked import ivf_nlist
 from pipeline.knn.exact import exact_knn, row_distances
-from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 

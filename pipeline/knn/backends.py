@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.registry import Registry
+from pipeline.contract.registry import Registry
 
 TIE_MARGIN = 4      # extra candidates asked of approximate backends, so ties and rounding resolve stably
 

@@ -151,13 +151,13 @@ def upright_refine(image: np.ndarray, points: np.ndarray, size: int, passes: int
     dlib's cascade starts from an upright mean shape inside an axis-aligned box, so on a rotated face its
     points are off by a few pixels; on the upright crop they settle. Returns the final 2x3 transform.
     """
-    from pipeline import geometry as align
+    from pipeline import geometry
 
-    transform = align.transform_from_points(points, size)
-    rect = edge_rectangle(align.template_box(size))
+    transform = geometry.transform_from_points(points, size)
+    rect = edge_rectangle(geometry.template_box(size))
     for _ in range(passes):
-        crop = align.warp_crop(image, transform, size)
+        crop = geometry.warp_crop(image, transform, size)
         in_crop = predict_68(crop, rect)                                          # [68, 2] crop pixels
-        points = align.map_points(in_crop, align.invert_transform(transform)).astype(np.float64)
-        transform = align.transform_from_points(points, size)
+        points = geometry.map_points(in_crop, geometry.invert_transform(transform)).astype(np.float64)
+        transform = geometry.transform_from_points(points, size)
     return transform

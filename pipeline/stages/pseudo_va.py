@@ -31,13 +31,11 @@ import pyarrow as pa
 from pipeline.contract import tables as artifacts
 from pipeline.contract.crops import open_crops, read_valid_mask
 from pipeline.contract.errors import ArtifactError, BackendMissingError, ConfigError
+from pipeline.contract.va_regressor import FORMAT, FORMAT_VERSIONS, INPUT_KEYS, META_FILE
 
 log = logging.getLogger(__name__)
 
 STAGE_VERSION = "1.0.0"
-FORMAT = "fer-va-regressor"          # training.methods.va_regression.EXPORT_FORMAT
-FORMAT_VERSIONS = (1,)
-META_FILE = "fer_va.json"
 ROUND_DECIMALS = 5
 VA_SOURCE_PSEUDO = "pseudo"
 
@@ -92,7 +90,7 @@ def load_regressor(path: str | Path):
         raise ConfigError(f"pseudo_va.checkpoint {str(path)!r} carries no {FORMAT!r} metadata "
                           f"(format {got!r}; versions {FORMAT_VERSIONS}); export it with "
                           f"training.methods.va_regression.export_run")
-    for key in ("image_size", "source_size", "mean", "std"):
+    for key in INPUT_KEYS:
         if key not in meta.get("input", {}):
             raise ConfigError(f"pseudo_va.checkpoint {str(path)!r}: metadata input lacks {key!r}")
     return module.eval(), meta

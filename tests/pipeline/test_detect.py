@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from pipeline import geometry as align
+from pipeline import geometry
 from pipeline import images
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.tables import vectors_to_arrow, vectors_to_numpy
@@ -73,11 +73,11 @@ def test_detection_finds_the_face_in_every_copy(astronaut_shard):
 
 
 def test_eye_centres_land_within_2px_of_the_template(astronaut_shard):
-    template = align.template_points(256)
-    transforms = align.transform_from_row(vectors_to_numpy(astronaut_shard["faces"].column("transform")))
+    template = geometry.template_points(256)
+    transforms = geometry.transform_from_row(vectors_to_numpy(astronaut_shard["faces"].column("transform")))
     for i, (name, _, to_copy, flipped) in enumerate(astronaut_shard["copies"]):
-        true_points = align.map_points(astronaut_shard["reference"], to_copy)        # [68, 2] in the copy
-        in_crop = align.map_points(true_points, transforms[i])
+        true_points = geometry.map_points(astronaut_shard["reference"], to_copy)        # [68, 2] in the copy
+        in_crop = geometry.map_points(true_points, transforms[i])
         eyes = np.stack([in_crop[36:42].mean(0), in_crop[42:48].mean(0)])
         if flipped:  # the subject's right eye is now on the image right
             eyes = eyes[::-1]
@@ -129,10 +129,10 @@ def test_given_boxes_landmarks_and_null_box(tmp_path):
     })
     faces, crops, quarantine = detect_align_shard(samples, tmp_path, AlignConfig(detector="given"), progress=False)
     assert faces.column("status").to_pylist() == ["ok", "ok", "no_face"]
-    t = align.transform_from_row(vectors_to_numpy(faces.column("transform")))
-    eyes = align.map_points(ref, t[0])
-    np.testing.assert_allclose(eyes[36:42].mean(0), align.template_points(256)[0], atol=1.5)
-    np.testing.assert_allclose(t[1], align.transform_from_box(boxes[1], 256), atol=1e-4)
+    t = geometry.transform_from_row(vectors_to_numpy(faces.column("transform")))
+    eyes = geometry.map_points(ref, t[0])
+    np.testing.assert_allclose(eyes[36:42].mean(0), geometry.template_points(256)[0], atol=1.5)
+    np.testing.assert_allclose(t[1], geometry.transform_from_box(boxes[1], 256), atol=1e-4)
     assert [q.sample_id for q in quarantine] == [2]
 
 
@@ -147,8 +147,8 @@ def test_prealigned_is_a_resize(tmp_path):
     expected = cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR)
     assert np.abs(crops[0].astype(int) - expected.astype(int)).max() <= 2
     assert crops.shape == (2, 64, 64, 3) and faces.column("status").to_pylist() == ["ok", "ok"]
-    np.testing.assert_allclose(align.transform_from_row(np.array(faces.column("transform")[0].as_py())),
-                               align.resize_transform(100, 100, 64), atol=1e-5)
+    np.testing.assert_allclose(geometry.transform_from_row(np.array(faces.column("transform")[0].as_py())),
+                               geometry.resize_transform(100, 100, 64), atol=1e-5)
 
 
 def test_bad_configuration_fails_at_once(tmp_path):
@@ -179,12 +179,12 @@ def test_given_boxes_are_clipped_and_empty_or_padding_crops_are_not_valid(tmp_pa
                                                   AlignConfig(detector="given"), progress=False)
     assert faces.column("status").to_pylist() == ["ok", "no_face", "no_face"]
     np.testing.assert_allclose(faces.column("bbox")[0].as_py(), [0, 40, 100, 120])
-    np.testing.assert_allclose(align.transform_from_row(np.array(faces.column("transform")[0].as_py())),
-                               align.transform_from_box(np.array([0, 40, 100, 120]), 256), atol=1e-4)
+    np.testing.assert_allclose(geometry.transform_from_row(np.array(faces.column("transform")[0].as_py())),
+                               geometry.transform_from_box(np.array([0, 40, 100, 120]), 256), atol=1e-4)
     assert {q.sample_id: q.reason for q in quarantine} == {1: "box_outside_image", 2: "empty_box"}
     assert crops[0].mean() > 40 and crops[1:].max() == 0
     # points that put the crop's centre on the image corner: three quarters of the crop would be padding
-    template = align.template_points(256)
+    template = geometry.template_points(256)
     aflw = np.zeros((19, 2))
     aflw[[7, 10, 13, 15, 17]] = 0.5 * (template - 127.5)
     faces, crops, quarantine = detect_align_shard(_given_samples([[0, 0, 60, 60]], [aflw]), tmp_path,
@@ -214,13 +214,13 @@ def test_odd_images_decode_right_in_the_faces_stage(tmp_path):
 def test_large_jpegs_with_given_boxes_decode_reduced_within_tolerance(tmp_path):
     image = cv2.resize(data.astronaut(), (2048, 2048), interpolation=cv2.INTER_CUBIC)   # face ~350 px wide
     Image.fromarray(image).save(tmp_path / "big.jpg", quality=92)
-    reference = align.map_points(_astronaut_points(data.astronaut()), np.array([[4.0, 0, 1.5], [0, 4.0, 1.5]]))
+    reference = geometry.map_points(_astronaut_points(data.astronaut()), np.array([[4.0, 0, 1.5], [0, 4.0, 1.5]]))
     samples = _given_samples([[700, 304, 364, 364]], [reference], names=["big.jpg"])
     faces, crops, _ = detect_align_shard(samples, tmp_path, AlignConfig(detector="given"), progress=False)
-    transform = align.transform_from_row(np.array(faces.column("transform")[0].as_py()))
-    assert images.reduction_for_scale(align.transform_scale(transform)) == 2
-    full = align.warp_crop(images.read_rgb(tmp_path / "big.jpg"), transform, 256)   # the full-size decode
-    np.testing.assert_allclose(transform, align.transform_from_points(reference, 256), atol=1e-4)
+    transform = geometry.transform_from_row(np.array(faces.column("transform")[0].as_py()))
+    assert images.reduction_for_scale(geometry.transform_scale(transform)) == 2
+    full = geometry.warp_crop(images.read_rgb(tmp_path / "big.jpg"), transform, 256)   # the full-size decode
+    np.testing.assert_allclose(transform, geometry.transform_from_points(reference, 256), atol=1e-4)
     assert np.abs(crops[0].astype(float) - full.astype(float)).mean() < 3.0
 
 

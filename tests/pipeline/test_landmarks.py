@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline import geometry as align
+from pipeline import geometry
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.tables import vectors_to_arrow
 from pipeline.stages.faces import AlignConfig, detect_dlib
@@ -29,8 +29,8 @@ def synthetic_crops():
         sample = synthetic.generate_sample(config, i)
         face = detect_dlib(sample.image, AlignConfig())
         assert face.status == "ok", f"synthetic sample {i}: {face.status} {face.detail}"
-        crops.append(align.warp_crop(sample.image, face.transform, 256))
-        truth.append(align.map_points(sample.landmarks, face.transform))
+        crops.append(geometry.warp_crop(sample.image, face.transform, 256))
+        truth.append(geometry.map_points(sample.landmarks, face.transform))
         transforms.append(face.transform)
         images.append(sample)
     return np.stack(crops), np.stack(truth), np.stack(transforms), images
@@ -61,7 +61,7 @@ def test_provided_points_map_through_the_recorded_transform(synthetic_crops):
     valid = np.array([True, True, False, True])
     samples_table = pa.table({"sample_id": pa.array(np.arange(n), pa.int64()),
                               "given_landmarks": vectors_to_arrow(given, valid=valid)})
-    rows = np.stack([align.transform_to_row(t) for t in transforms[:n]])
+    rows = np.stack([geometry.transform_to_row(t) for t in transforms[:n]])
     faces = pa.table({"sample_id": pa.array(np.arange(n), pa.int64()),
                       "transform": vectors_to_arrow(rows, valid=np.array([True, True, True, False]))})
     table, quarantine = landmarks_shard(np.zeros((n, 256, 256, 3), np.uint8), np.arange(n),
@@ -78,7 +78,7 @@ def test_aflw19_layout_end_to_end(synthetic_crops):
     table, _ = landmarks_shard(crops[:3], np.arange(3), LandmarkConfig(output_layout="aflw19"), progress=False)
     assert table.column("n_points").to_pylist() == [19] * 3
     points = points_from_table(table)
-    np.testing.assert_allclose(align.five_points(points[0])[0], truth[0, 36:42].mean(0), atol=6.0)
+    np.testing.assert_allclose(geometry.five_points(points[0])[0], truth[0, 36:42].mean(0), atol=6.0)
 
 
 def test_hrnet_backend_with_a_random_weight_checkpoint(tmp_path):
@@ -109,8 +109,8 @@ def test_fan_backend_maps_heatmaps_back_to_crop_pixels(tmp_path):
     torch.jit.script(_FakeFan()).save(str(tmp_path / "fake_2dfan4.pth"))
     config = LandmarkConfig(backend="fan", fan_checkpoint=str(tmp_path / "fake_2dfan4.pth"), device="cpu")
     table, _ = landmarks_shard(np.zeros((2, 256, 256, 3), np.uint8), [0, 1], config, progress=False)
-    expected = align.map_points(np.array([[20.5 * 4 - 0.5, 40.5 * 4 - 0.5]]),
-                                align.invert_transform(fan_input_transform(256)))[0]
+    expected = geometry.map_points(np.array([[20.5 * 4 - 0.5, 40.5 * 4 - 0.5]]),
+                                geometry.invert_transform(fan_input_transform(256)))[0]
     np.testing.assert_allclose(points_from_table(table)[:, 0], [expected, expected], atol=1e-3)
 
 
@@ -125,8 +125,9 @@ def test_missing_checkpoints_name_the_config_key():
 
 
 def test_hrnet_input_puts_the_face_box_in_the_central_80_percent():
-    x, y, w, h = align.template_box(256)
-    corners = align.map_points(np.array([[x - 0.5, y - 0.5], [x + w - 0.5, y + h - 0.5]]), hrnet_input_transform(256))
+    x, y, w, h = geometry.template_box(256)
+    box = np.array([[x - 0.5, y - 0.5], [x + w - 0.5, y + h - 0.5]])
+    corners = geometry.map_points(box, hrnet_input_transform(256))
     np.testing.assert_allclose(corners, [[25.1, 25.1], [229.9, 229.9]], atol=0.2)
 
 

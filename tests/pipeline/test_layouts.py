@@ -57,11 +57,15 @@ def test_left_and_right_swap_together_under_a_flip():
 
 def test_pipeline_and_trainer_use_the_one_mapping():
     from training.methods.lanet import landmarks as lanet_landmarks
+    from training.methods.lanet import parts as lanet_parts
 
-    assert lanet_landmarks.AFLW19_FROM_IBUG68 is layouts.AFLW19_FROM_IBUG68
+    assert not hasattr(lanet_landmarks, "aflw19_from_ibug68") and not hasattr(geometry, "landmarks_68_to_aflw19")
+    assert lanet_parts.aflw19_from_ibug68_torch is layouts.aflw19_from_ibug68_torch   # the trainer's form
     p = np.random.default_rng(1).uniform(0, 256, (3, 68, 2)).astype(np.float32)
-    from_trainer = lanet_landmarks.aflw19_from_ibug68(torch.from_numpy(p)).numpy()
-    np.testing.assert_allclose(geometry.landmarks_68_to_aflw19(p), from_trainer, atol=1e-4)
+    from_trainer = layouts.aflw19_from_ibug68_torch(torch.from_numpy(p)).numpy()      # [3, 19, 2]
+    np.testing.assert_allclose(layouts.aflw19_from_ibug68(p), from_trainer, atol=1e-4)
+    with pytest.raises(ConfigError, match="68, 2"):
+        layouts.aflw19_from_ibug68_torch(torch.zeros(2, 19, 2))
     face = _face68()               # alignment points agree whichever layout they come from
     np.testing.assert_allclose(geometry.five_points(layouts.aflw19_from_ibug68(face)), geometry.five_points(face),
                                atol=1e-4)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.contract import va_regressor
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.tables import read_metadata, read_table
 from pipeline.stages import pseudo_va
@@ -37,10 +38,10 @@ def write_regressor(path: Path, image_size: int = 24, source_size: int = 32, sca
     if scale != 1.0:  # a different checkpoint content with the same metadata
         traced = torch.jit.trace(nn.Sequential(_Scale(scale), module), torch.zeros(1, 3, image_size, image_size))
     meta = meta if meta is not None else {
-        "format": pseudo_va.FORMAT, "format_version": 1, "outputs": ["valence", "arousal"],
+        "format": va_regressor.FORMAT, "format_version": 1, "outputs": ["valence", "arousal"],
         "input": {"image_size": image_size, "source_size": source_size, "mean": MEAN, "std": STD},
         "trained_on": {"dataset": "test"}}
-    torch.jit.save(traced, str(path), _extra_files={pseudo_va.META_FILE: json.dumps(meta)})
+    torch.jit.save(traced, str(path), _extra_files={va_regressor.META_FILE: json.dumps(meta)})
     return path
 
 
@@ -67,7 +68,7 @@ def test_unusable_checkpoints_fail_in_check_backend(tmp_path):
     plain = write_regressor(tmp_path / "plain.pt", meta={"format": "something-else"})
     with pytest.raises(ConfigError, match="fer-va-regressor"):
         pseudo_va.check_backend(PseudoVAConfig(checkpoint=str(plain)))
-    no_size = write_regressor(tmp_path / "nosize.pt", meta={"format": pseudo_va.FORMAT, "format_version": 1,
+    no_size = write_regressor(tmp_path / "nosize.pt", meta={"format": va_regressor.FORMAT, "format_version": 1,
                                                             "input": {"mean": MEAN, "std": STD}})
     with pytest.raises(ConfigError, match="image_size"):
         pseudo_va.check_backend(PseudoVAConfig(checkpoint=str(no_size)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.contract.errors import ConfigError
-from pipeline.registry import Registry
+from pipeline.contract.registry import Registry
 
 
 def test_registry_returns_registered_objects_and_names_the_choices_of_an_unknown_one():

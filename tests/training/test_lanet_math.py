@@ -8,13 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.contract.layouts import AFLW19_FROM_IBUG68, aflw19_from_ibug68_torch
 from training.evaluate import js_divergence_bits
 from training.methods.lanet.diagnostics import target_recovery, vote_divergence
 from training.methods.lanet.el import MemoryBank, contrastive_loss, momentum_update, pseudo_labels, same_group_mask
 from training.methods.lanet.landmarks import (
-    AFLW19_FROM_IBUG68,
     adaptive_wing_loss,
-    aflw19_from_ibug68,
     gaussian_heatmaps,
     heatmap_weight_map,
     regression_loss,
@@ -257,7 +256,7 @@ def test_regression_loss_normalises_by_image_size_and_skips_missing_rows():
 
 def test_aflw19_layout_from_68_points():
     points = torch.arange(68 * 2, dtype=torch.float32).view(1, 68, 2)
-    out = aflw19_from_ibug68(points)
+    out = aflw19_from_ibug68_torch(points)
     assert out.shape == (1, 19, 2) and len(AFLW19_FROM_IBUG68) == 19
     assert torch.equal(out[0, 0], points[0, 17])
     assert torch.allclose(out[0, 7], points[0, [37, 38, 40, 41]].mean(0))

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from pipeline.contract.config import build_dataclass
-from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.errors import ConfigError
+from pipeline.contract.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -118,20 +119,18 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")   # the project's one Registry: a duplicate name is refused
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method buildable by its `name`."""
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: make a method buildable by its `name` (a second class under one name: ConfigError)."""
+    return METHODS.register(cls.name)(cls)
 
 
 def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(METHODS.names())
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in _REGISTRY:
-        raise ConfigError(choices_message("method", name, method_names()))
-    return _REGISTRY[name]
+    """The registered method class; an unknown name raises ConfigError listing the valid ones."""
+    return METHODS.get(name)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.contract import va_regressor
 from pipeline.contract.errors import ConfigError, choices_message
 from training.methods.base import DataInfo, Method, StepInfo, register_method
 from training.models import build_backbone
@@ -40,9 +41,6 @@ from training.models import build_backbone
 log = logging.getLogger(__name__)
 
 VA_LOSSES = ("mse", "ccc", "mse+ccc")
-EXPORT_FORMAT = "fer-va-regressor"     # what pipeline.stages.pseudo_va accepts
-EXPORT_FORMAT_VERSION = 1
-META_FILE = "fer_va.json"              # the TorchScript extra file holding the metadata
 
 
 # ----------------------------------------------------------------------------------------------- math
@@ -161,10 +159,11 @@ def predict_split_va(method: VaRegression, loader, device: torch.device) -> tupl
 
 def export_regressor(method: VaRegression, path: str | Path, image_size: int, source_size: int,
                      extra: dict | None = None) -> Path:
-    """Write the TorchScript VA regressor with its metadata (META_FILE); returns the path."""
+    """Write the TorchScript VA regressor with its metadata (va_regressor.META_FILE); returns the path."""
     from training.augment import IMAGENET_MEAN, IMAGENET_STD
 
-    meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "outputs": ["valence", "arousal"],
+    meta = {"format": va_regressor.FORMAT, "format_version": va_regressor.FORMAT_VERSION,
+            "outputs": ["valence", "arousal"],
             "output_range": [-1.0, 1.0], "backbone": method.config.backbone,
             "input": {"layout": "NCHW float32 RGB", "image_size": int(image_size), "source_size": int(source_size),
                       "preprocess": "resize the uint8 crop to source_size (bilinear, antialias, rounded to uint8), "
@@ -179,7 +178,7 @@ def export_regressor(method: VaRegression, path: str | Path, image_size: int, so
     with warnings.catch_warnings():   # torch 2.13 marks TorchScript deprecated; it still traces, saves and loads
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
         traced = torch.jit.trace(predictor, example)
-        torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
+        torch.jit.save(traced, str(tmp), _extra_files={va_regressor.META_FILE: json.dumps(meta, sort_keys=True)})
     tmp.replace(path)
     log.info("exported the VA regressor to %s (%s)", path, json.dumps(meta["input"]))
     return path

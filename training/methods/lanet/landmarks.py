@@ -6,7 +6,8 @@ the P points as coordinates normalised by the image size (x / W, y / H), trained
 Option (official code): a heatmap head, Gaussian targets per point and the adaptive wing loss
 (Wang, Bo and Fuxin, ICCV 2019: omega 14, theta 0.5, epsilon 1, alpha 2.1) with its weighted loss map
 (weight 1 + W where the 3x3-dilated target is >= 0.2, W = 10). The official code uses the 19 AFLW points;
-`aflw19_from_ibug68` builds that 19-point layout (brows, eyes, nose, mouth, chin) from 68 iBUG points.
+pipeline.contract.layouts.aflw19_from_ibug68_torch builds that 19-point layout (brows, eyes, nose, mouth, chin)
+from 68 iBUG points.
 The heatmap head is a small feature pyramid over the four stages of a ResNet landmark trunk at stride 4,
 as in the official code.
 
@@ -18,16 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.contract.layouts import AFLW19_FROM_IBUG68
-
 STAGE_VERSION = "1.0.0"
-
-
-def aflw19_from_ibug68(points: torch.Tensor) -> torch.Tensor:
-    """[B, 68, 2] -> [B, 19, 2]: the official code's 19-point layout, by pipeline.contract.layouts' mapping."""
-    if points.shape[-2] != 68:
-        raise ValueError(f"aflw19_from_ibug68 needs 68 points, got {points.shape[-2]}")
-    return torch.stack([points[..., list(group), :].mean(dim=-2) for group in AFLW19_FROM_IBUG68], dim=-2)
 
 
 def valid_landmark_rows(points: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.layouts import aflw19_from_ibug68_torch
 from training.methods.lanet.landmarks import (
     HeatmapHead,
     LandmarkRegressionHead,
-    aflw19_from_ibug68,
     has_resnet_stages,
     heatmap_loss,
     regression_loss,
@@ -84,7 +84,7 @@ class LandmarkBranch(nn.Module):
 
     def target_points(self, points: torch.Tensor) -> torch.Tensor:
         """Batch landmarks [B, P, 2] -> the head's layout [B, P', 2]."""
-        return aflw19_from_ibug68(points) if self.layout == "aflw19" else points
+        return aflw19_from_ibug68_torch(points) if self.layout == "aflw19" else points
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "regression":

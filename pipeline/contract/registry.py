@@ -1,5 +1,7 @@
-"""Backend registries, in the manner of timm's model registry: one decorated class per backend.
+"""Registries, in the manner of timm's model registry: one decorated class (or function) per name.
 
+The one Registry of the project: stage backends, dataset source adapters and training methods all register
+through it, so an unknown name lists the valid ones and a second object under one name is refused.
 Each stage module holds one registry and exposes its decorator:
 
     BACKENDS = Registry("landmarks backend")
@@ -11,6 +13,7 @@ Each stage module holds one registry and exposes its decorator:
     BACKENDS.get("dlib")      # the class; an unknown name raises ConfigError listing the valid ones
 
 Adding a backend is one decorated class in one file; nothing else names backends in a chain of ifs.
+Methods (training.methods.base.METHODS) and source adapters (pipeline.sources.ADAPTERS) work the same way.
 """
 from __future__ import annotations
 
