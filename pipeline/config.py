@@ -2,9 +2,10 @@
 
 Layers (pipeline.contract.config.build_config, the one builder, shared with the trainer): dataclass defaults
 < a YAML file (`--config`) < `--set section.key=value` (and the CLI's shortcut flags, PREPARE_ALIASES in
-flows/__main__.py) < explicit keyword fields. Numeric keys carry declared ranges (`bounded`). Sections (`align`, `landmarks`, `graphs`, ...)
-hold only the keys a user set; `resolve_stage_configs` lays them over each stage's config dataclass,
-coerces every value to its field's type and validates it, so a wrong option fails before any work.
+flows/__main__.py) < explicit keyword fields. Numeric keys carry declared ranges (`bounded`).
+Sections (`align`, `landmarks`, `graphs`, ...) hold only the keys a user set; `resolve_stage_configs` lays them
+over each stage's config dataclass, coerces every value to its field's type and validates it, so a wrong
+option fails before any work.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class PrepareConfig:
     pseudo_va: dict = field(default_factory=dict)     # pipeline.stages.pseudo_va.PseudoVAConfig fields (checkpoint)
     report: bool = True
     seed: int = bounded(0, 0, SEED_MAX)
-    lock_wait_s: float = bounded(0.0, 0, 7 * 86400)   # wait this long for another prepare of the dataset; 0: refuse at once
+    lock_wait_s: float = bounded(0.0, 0, 7 * 86400)   # wait for another prepare of the dataset; 0: refuse at once
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:

@@ -53,7 +53,7 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class DataConfig:
     image_size: int = bounded(224, 16, 4096)  # network input side (random crop when training, centre crop otherwise)
-    resize: int = bounded(0, 0, 8192)         # resize stored crops to this side before cropping; 0 keeps the stored size
+    resize: int = bounded(0, 0, 8192)         # resize stored crops to this side before cropping; 0: stored size
     sampler: str = "shuffle"        # shuffle | balanced (progressive) | groups (forced when the method needs groups)
     num_workers: int = bounded(4, 0, 256)
     pin_memory: bool = True
@@ -94,7 +94,7 @@ class RuntimeConfig:
     log_every: int = bounded(20, 1, BIG)             # optimiser steps between metrics.jsonl records
     eval_every: int = bounded(1, 1, BIG)             # epochs between evaluations (the last epoch is always evaluated)
     ckpt_every_steps: int = bounded(0, 0, BIG)       # extra mid-epoch checkpoints; 0: only at epoch ends and at the end
-    max_steps: int = bounded(0, 0, BIG)              # stop (with a checkpoint) after this many optimiser steps; 0: no limit
+    max_steps: int = bounded(0, 0, BIG)              # stop (with a checkpoint) after this many steps; 0: no limit
     ddp_find_unused: bool = True
     runs_root: str | None = None    # default: <project>/runs or $FER_RUNS
     run_id: str | None = None       # default: <dataset>-<method>-<noise>-<timestamp>

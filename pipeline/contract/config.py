@@ -341,7 +341,8 @@ def bounded(default: object = dataclasses.MISSING, lo: float | None = None, hi: 
             lo_open: bool = False, hi_open: bool = False, default_factory=dataclasses.MISSING):
     """A dataclass field with a declared range (`metadata["range"]`), checked by the builder.
 
-    `lr: float = bounded(1e-3, 0, 10, lo_open=True)`; on a tuple or list field every item is checked.
+    `lr: float = bounded(1e-3, 0, 10, lo_open=True)`; on a tuple, list or mapping field every item (value) is
+    checked; text in a union field (`int | str`, e.g. 'auto') is not a number and passes.
     """
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata={"range": Range(lo, hi, lo_open, hi_open)})
@@ -360,10 +361,14 @@ def check_range(key: str, value: object, declared: Range | None) -> None:
     """ConfigError naming key, value and range when a number (or an item of a sequence) lies outside it."""
     if declared is None or value is None or isinstance(value, bool):
         return
-    items = value if isinstance(value, (list, tuple)) else (value,)
-    for i, item in enumerate(items):
+    if isinstance(value, Mapping):
+        items = [(f"{key}.{k}", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        items = [(key, value)]
+    for where, item in items:
         if isinstance(item, (int, float)) and not isinstance(item, bool) and item not in declared:
-            where = f"{key}[{i}]" if items is value else key
             raise ConfigError(f"config key {where!r}: {item!r} is outside its range {declared}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError, choices_message
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
@@ -25,33 +26,33 @@ class KnnConfig:
     `threads` None leaves each library's own default (all cores); results do not depend on it.
     """
 
-    k: int = 8
+    k: int = bounded(8, 1, 4096)
     backend: str = AUTO                   # auto | blocked-ivf | exact | pynndescent | faiss
     metric: str = "euclidean"
-    seed: int = 0
-    threads: int | None = None
+    seed: int = bounded(0, 0, SEED_MAX)
+    threads: int | None = bounded(None, 1, 4096)
     # PCA pre-step for approximate backends: search in `pca_dim` components for `pca_width`
     # candidates per row, re-ranked by exact distance in the full space. None: no PCA.
-    pca_dim: int | None = None
-    pca_width: int = 32
-    pca_sample: int = 50_000              # rows (seeded) the principal axes are fitted on
+    pca_dim: int | None = bounded(None, 1, 65_536)
+    pca_width: int = bounded(32, 1, 1_000_000)
+    pca_sample: int = bounded(50_000, 1, 10**9)             # rows (seeded) the principal axes are fitted on
     # IVF (blocked-ivf and faiss ivf): k-means cells and how many nearest cells each query probes
-    ivf_nlist: int | None = None          # None: blocked-ivf 2 sqrt(N) (1095 at 300K), faiss 4 sqrt(N)
-    ivf_nprobe: int | str = "auto"        # 'auto': smallest ladder step reaching target_recall on a sample
-    target_recall: float = 0.995          # recall@K that nprobe='auto' aims for, on a seeded query sample
-    tune_queries: int = 500               # queries of that sample (drawn with seed + 1)
-    ivf_kmeans_iters: int = 6             # k-means iterations of the coarse quantiser
-    ivf_train_per_list: int = 16          # k-means trains on at most this many points per cell
+    ivf_nlist: int | None = bounded(None, 1, 10**8)   # None: blocked-ivf 2 sqrt(N) (1095 at 300K), faiss 4 sqrt(N)
+    ivf_nprobe: int | str = bounded("auto", 1, 10**8)       # 'auto': smallest ladder step reaching target_recall on a sample
+    target_recall: float = bounded(0.995, 0, 1, lo_open=True)   # recall@K nprobe='auto' aims for (seeded sample)
+    tune_queries: int = bounded(500, 1, 10**7)              # queries of that sample (drawn with seed + 1)
+    ivf_kmeans_iters: int = bounded(6, 1, 10_000)            # k-means iterations of the coarse quantiser
+    ivf_train_per_list: int = bounded(16, 1, 10**6)         # k-means trains on at most this many points per cell
     # pynndescent: n_neighbors of the NN-descent heap (>= k + 1); more gives higher recall, slower.
-    nnd_neighbors: int = 20
-    nnd_iters: int | None = None          # None: pynndescent's default max(5, round(log2 N))
-    nnd_trees: int | None = None          # None: pynndescent's default
+    nnd_neighbors: int = bounded(20, 2, 4096)
+    nnd_iters: int | None = bounded(None, 1, 10_000)         # None: pynndescent's default max(5, round(log2 N))
+    nnd_trees: int | None = bounded(None, 1, 10_000)         # None: pynndescent's default
     nnd_cache: bool = True                # keep numba's compiled code under $FER_CACHE/numba
     # faiss
     faiss_index: str = "ivf"              # ivf | hnsw | flat (flat = exact, mainly for the GPU)
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_m: int = bounded(32, 2, 4096)
+    hnsw_ef_construction: int = bounded(80, 1, 10**6)
+    hnsw_ef_search: int = bounded(128, 1, 10**6)
     use_gpu: str = "auto"                 # auto | yes | no (faiss and the torch searches)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
+from pipeline.contract.config import bounded
 from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow
@@ -62,9 +63,9 @@ class AUConfig:
     backend: str = "estimate"
     openface_bin: str | None = None          # else $OPENFACE_BIN
     openface_mode: str = "image"             # image (FaceLandmarkImg) | sequence (FeatureExtraction)
-    openface_timeout_s: float = 1800.0
+    openface_timeout_s: float = bounded(1800.0, 0, 7 * 86400, lo_open=True)
     openface_extra_args: tuple[str, ...] = ()
-    presence_threshold: float = 1.0          # estimate: presence = intensity >= this
+    presence_threshold: float = bounded(1.0, 0, 5)         # estimate: presence = intensity >= this
 
     def __post_init__(self) -> None:
         BACKENDS.get(self.backend)        # an unknown name raises ConfigError listing the registered ones

@@ -38,6 +38,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import geometry, images
+from pipeline.contract.config import bounded
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import (
@@ -70,13 +71,13 @@ class AlignConfig:
     """Detection and alignment parameters (all literal, all in the fingerprint)."""
 
     detector: str = "dlib"
-    crop_size: int = 256
-    score_threshold: float = 0.5          # dlib HOG: it gives low-score false positives below ~0.5
-    upsample: int = 1                     # dlib HOG pyramid upsampling (finds faces down to ~40 px)
-    detect_max_side: int = 640            # images are downscaled to this for the HOG pass only
-    retry_rotations_deg: tuple[float, ...] = (20.0, -20.0)
+    crop_size: int = bounded(256, 32, 4096)
+    score_threshold: float = bounded(0.5, -10, 10)         # dlib HOG: it gives low-score false positives below ~0.5
+    upsample: int = bounded(1, 0, 4)                    # dlib HOG pyramid upsampling (finds faces down to ~40 px)
+    detect_max_side: int = bounded(640, 32, 16384)           # images are downscaled to this for the HOG pass only
+    retry_rotations_deg: tuple[float, ...] = bounded((20.0, -20.0), -180, 180)
     refine_with_landmarks: bool = True    # align from dlib's 68 points on the kept box
-    upright_passes: int = 1               # re-fit the points on the upright crop this many times
+    upright_passes: int = bounded(1, 0, 10)              # re-fit the points on the upright crop this many times
     use_given_landmarks: bool = True      # `given`: align from the dataset's points when present
     fan_detector_checkpoint: str | None = None
     device: str = "auto"

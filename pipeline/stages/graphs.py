@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipeline.contract import tables as artifacts
 from pipeline.contract.classes import CANONICAL_CLASSES
+from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ArtifactError, ConfigError, DataError, choices_message
 from pipeline.contract.graphs import check_space_name, graph_path, graph_table, write_graph
 from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
@@ -44,11 +45,11 @@ class GraphConfig:
     """How graphs are built. `sigma` maps a space to a number or 'auto'; others use `default_sigma`."""
 
     knn: KnnConfig = field(default_factory=KnnConfig)
-    sigma: Mapping[str, float | str] = field(default_factory=lambda: dict(DEFAULT_SIGMA))
-    default_sigma: float | str = "auto"
+    sigma: Mapping[str, float | str] = bounded(default_factory=lambda: dict(DEFAULT_SIGMA), lo=0, lo_open=True)
+    default_sigma: float | str = bounded("auto", 0, None, lo_open=True)
     splits: tuple[str, ...] = ("train",)
-    recall_queries: int = 1000           # exact queries (seeded) the stored recall@K is measured on
-    recall_seed: int = 0
+    recall_queries: int = bounded(1000, 0, 10**7)          # exact queries (seeded) the stored recall@K is measured on
+    recall_seed: int = bounded(0, 0, SEED_MAX)
 
     def sigma_for(self, space: str) -> float | str:
         value = self.sigma.get(space, self.default_sigma)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from pipeline import geometry
 from pipeline.contract import layouts
+from pipeline.contract.config import bounded
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QuarantineRow, vectors_to_arrow, vectors_to_numpy
@@ -56,7 +57,7 @@ class LandmarkConfig:
     hrnet_checkpoint: str | None = None
     fan_checkpoint: str | None = None
     device: str = "auto"
-    batch_size: int = 64
+    batch_size: int = bounded(64, 1, 65_536)
     output_layout: str = "native"    # native | ibug68 | aflw19
 
     def __post_init__(self) -> None:

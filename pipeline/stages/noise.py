@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from pipeline.contract import tables as artifacts
 from pipeline.contract.classes import CANONICAL_CLASSES, class_names
+from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError, DataError, choices_message
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ class NoiseConfig:
     """The default variant set: every kind x rate x seed, plus `clean`."""
 
     kinds: tuple[str, ...] = ("sym", "asym")
-    rates: tuple[float, ...] = (0.1, 0.2, 0.3)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    rates: tuple[float, ...] = bounded((0.1, 0.2, 0.3), 0, 1)
+    seeds: tuple[int, ...] = bounded((0, 1, 2, 3, 4), 0, SEED_MAX)
     include_clean: bool = True
 
 

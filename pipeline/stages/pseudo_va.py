@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.contract import tables as artifacts
+from pipeline.contract.config import bounded
 from pipeline.contract.crops import open_crops, read_valid_mask
 from pipeline.contract.errors import ArtifactError, BackendMissingError, ConfigError
 from pipeline.contract.va_regressor import FORMAT, FORMAT_VERSIONS, INPUT_KEYS, META_FILE
@@ -46,8 +47,8 @@ class PseudoVAConfig:
 
     checkpoint: str | None = None    # TorchScript VA regressor (training.methods.va_regression.export_run)
     replace: bool = False            # also overwrite a source's own valence-arousal (to measure against it)
-    batch_size: int = 128            # crops per forward pass (does not change the values)
-    threads: int = 1                 # torch CPU threads while predicting (1: the same bytes on every machine)
+    batch_size: int = bounded(128, 1, 65_536)           # crops per forward pass (does not change the values)
+    threads: int = bounded(1, 1, 4096)   # torch CPU threads while predicting (1: the same bytes on every machine)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.threads < 1:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError
 from pipeline.synthetic.expressions import class_weights, expression, wrinkle_levels
 from pipeline.synthetic.reference import num_references, reference
@@ -53,22 +54,22 @@ SYNTHETIC_VERSION = "2.0"
 class SyntheticConfig:
     """What to generate. Every sample depends only on this config and its index."""
 
-    n: int = 200
-    size: int = 256  # output image side, square RGB uint8
-    seed: int = 0
-    num_classes: int = 7  # 7 or 8 (8 adds contempt)
-    blend_share: float = 0.2  # share of samples blending two expressions
-    min_intensity: float = 0.4  # subtle ...
-    max_intensity: float = 1.0  # ... to full
-    max_rotation_deg: float = 20.0
-    num_identities: int = 16  # identity i uses source photo i % num_sources
-    num_sources: int = 2  # source photos used (1: the astronaut only)
-    identity_strength: float = 1.0  # scales the identity shape morphs
-    min_eye_distance: float = 0.20  # outer eye-corner distance / size (0.20 x 256 = 51 px)
-    max_eye_distance: float = 0.26
-    max_shift: float = 0.05  # face-centre shift / size
-    lighting: float = 0.35  # strength of the directional shading
-    noise: float = 3.0  # max pixel noise sigma
+    n: int = bounded(200, 0, 1_000_000)   # at most 1M faces (AffectNet has 290K)
+    size: int = bounded(256, 64, 4096)  # output image side, square RGB uint8
+    seed: int = bounded(0, 0, SEED_MAX)
+    num_classes: int = bounded(7, 7, 8)  # 7 or 8 (8 adds contempt)
+    blend_share: float = bounded(0.2, 0, 1)  # share of samples blending two expressions
+    min_intensity: float = bounded(0.4, 0, 1)  # subtle ...
+    max_intensity: float = bounded(1.0, 0, 1)  # ... to full
+    max_rotation_deg: float = bounded(20.0, 0, 45)
+    num_identities: int = bounded(16, 1, 100_000)  # identity i uses source photo i % num_sources
+    num_sources: int = bounded(2, 1, 64)  # source photos used (1: the astronaut only; at most the bundled ones)
+    identity_strength: float = bounded(1.0, 0, 10)  # scales the identity shape morphs
+    min_eye_distance: float = bounded(0.20, 0.1, 0.5)  # outer eye-corner distance / size (0.20 x 256 = 51 px)
+    max_eye_distance: float = bounded(0.26, 0.1, 0.5)
+    max_shift: float = bounded(0.05, 0, 0.5)  # face-centre shift / size
+    lighting: float = bounded(0.35, 0, 1)  # strength of the directional shading
+    noise: float = bounded(3.0, 0, 255)  # max pixel noise sigma
     wrinkles: bool = True  # draw the skin furrows that go with the AUs (appearance, not landmark, cues)
     validation: bool = False  # also a 'val' split: every fifth block of classes, offset 3 (train keeps 60%)
 

@@ -15,13 +15,14 @@ SMALL = {"n": 2, "size": 64}
 # (kind, overrides, expected: "kept" or a regex the ConfigError message must match, xfail reason)
 CASES = [
     ("small_valid", {}, "kept", ""),
-    ("n_negative", {"n": -1}, r"n >= 0", ""),
-    ("size_too_small", {"size": 10}, r"size >= 64", ""),
+    ("n_negative", {"n": -1}, r"'n': -1 is outside its range \[0, 1000000\]", ""),
+    ("n_huge", {"n": 1e20}, r"'n': 100000000000000000000 is outside its range \[0, 1000000\]", ""),
+    ("size_too_small", {"size": 10}, r"'size': 10 is outside its range \[64, 4096\]", ""),
     ("blend_share_above_one", {"blend_share": 2}, r"blend_share", ""),
     ("rotation_above_45", {"max_rotation_deg": 90}, r"max_rotation_deg", ""),
     ("unknown_option", {"bogus": 1}, r"unknown synthetic option.*bogus", ""),
     ("intensity_range_inverted", {"min_intensity": 0.9, "max_intensity": 0.5}, r"min_intensity", ""),
-    ("no_identities", {"num_identities": 0}, r"num_identities >= 1", ""),
+    ("no_identities", {"num_identities": 0}, r"'num_identities': 0 is outside its range \[1, 100000\]", ""),
     ("size_as_list", {"size": [64]}, r"size.*\[64\]", ""),
     ("n_text", {"n": "abc"}, r"n.*abc", ""),
     ("n_float", {"n": 1.5}, r"n.*1\.5", ""),
