@@ -90,13 +90,14 @@ def _check_table(aliases: Sequence[Alias], config_class: type | None) -> dict:
 
 def add_config_arguments(parser: argparse.ArgumentParser, aliases: Sequence[Alias] = (),
                          config_class: type | None = None, config_help: str = "YAML config file",
-                         with_config: bool = True) -> argparse.ArgumentParser:
+                         with_config: bool = True, set_help: str = "") -> argparse.ArgumentParser:
     """Add `--config`, `--set` and the shortcut flags of `aliases` (a group of their own in --help)."""
     ranges = _check_table(aliases, config_class)
     if with_config:
         parser.add_argument("--config", default=None, metavar="FILE", help=config_help)
     parser.add_argument("--set", action=_Overrides, dest=OVERRIDES_DEST, metavar="KEY=VALUE", default=[],
-                        help="set any config key (dotted path, value read as YAML); repeatable, the last wins")
+                        help=set_help or "set any config key (dotted path, value read as YAML); repeatable, "
+                                         "the last wins")
     if aliases:
         group = parser.add_argument_group("shortcuts (each is the --set shown; in command-line order with --set)")
         for alias in aliases:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 
+from pipeline.contract.cli import add_config_arguments, overrides_of
 from pipeline.contract.config import overrides_to_dict
 from pipeline.contract.errors import FerError
 from pipeline.sources import prepare_source
@@ -37,8 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("dataset", help=f"dataset name ({', '.join(known_specs())}) or a spec YAML path")
     parser.add_argument("--root", help="dataset root (default: $FER_DATA_ROOT/<dataset>; synthetic: a cache folder)")
     parser.add_argument("--out", required=True, help="output folder for samples.parquet and quarantine.parquet")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="synthetic generator option, e.g. --set n=200 --set seed=1")
+    add_config_arguments(parser, with_config=False, set_help="synthetic generator option, e.g. --set n=200 --set seed=1")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        overrides = overrides_to_dict(args.set)     # the one --set parser (pipeline.contract.config)
+        overrides = overrides_to_dict(overrides_of(args))     # the one --set grammar (pipeline.contract.cli)
         result = prepare_source(args.dataset, args.root, args.out, overrides or None, progress=not args.quiet)
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)
