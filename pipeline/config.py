@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.contract.config import SEED_MAX, bounded, build_config, build_dataclass, coerce
+from pipeline.contract.config import build_config, build_dataclass, coerce
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.ranges import SEED_MAX, bounded
 from pipeline.specs import DatasetSpec, load_spec, resolve_root
 
 DEFAULT_DETECTOR = {"detect": "dlib", "given": "given", "prealigned": "prealigned"}

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.contract import config as contract_config
-from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.ranges import SEED_MAX, bounded
 
 CONFIG_VERSION = "1"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"

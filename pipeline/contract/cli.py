@@ -19,8 +19,9 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.contract.config import declared_ranges, parse_set
+from pipeline.contract.config import parse_set
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.ranges import declared_ranges
 
 OVERRIDES_DEST = "config_overrides"
 

@@ -3,7 +3,7 @@
 Layers, lowest first: dataclass defaults < YAML file(s) < `--set key.sub=value` overrides (< explicit fields a
 command fixes itself). Values are parsed as YAML (`1e-3`, `true`, `[1, 2]`, `{a: 1}`) and then coerced to the
 annotated type of the field they land on, recursing into nested dataclass fields. A value of the wrong type, or
-a number outside its field's declared range (`bounded(...)`), fails at once with one line naming the key, the
+a number outside its field's declared range (pipeline.contract.ranges.bounded), fails at once with one line naming the key, the
 value and what is expected, before any work starts:
 
     >>> build_config(Config, ["x.yaml"], ["shard_size=abc"])
@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.ranges import check_range, field_range
 
 _UNION_TYPES = (typing.Union, types.UnionType)
 _TRUE = ("true", "yes", "on", "1")
@@ -300,89 +301,6 @@ def coerce(value: object, hint, key: str):
             return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return plain(dict(value))
     return _scalar(value, hint, key)
-
-
-# --- declared ranges ----------------------------------------------------------------------------------
-
-SEED_MAX = 2**32 - 1            # seeds are 0..2**32-1: numpy's legacy RandomState range; torch takes 64 bits
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A closed (or half-open) interval a numeric field must lie in; None: unbounded on that side."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, value: object) -> bool:
-        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
-        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
-        return bool(above and below)     # NaN compares False both ways: outside every range
-
-    def __str__(self) -> str:
-        lo, hi = _number(self.lo), _number(self.hi)
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {lo}" if self.lo is not None else "any"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {hi}"
-        return f"{'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
-
-
-def _number(value: float | None) -> str:
-    """Whole numbers in full (4294967295, not 4.29e+09), others in their short form."""
-    if value is not None and float(value).is_integer():
-        return str(int(value))
-    return f"{value:g}" if value is not None else ""
-
-
-def bounded(default: object = dataclasses.MISSING, lo: float | None = None, hi: float | None = None, *,
-            lo_open: bool = False, hi_open: bool = False, default_factory=dataclasses.MISSING):
-    """A dataclass field with a declared range (`metadata["range"]`), checked by the builder.
-
-    `lr: float = bounded(1e-3, 0, 10, lo_open=True)`; on a tuple, list or mapping field every item (value) is
-    checked; text in a union field (`int | str`, e.g. 'auto') is not a number and passes.
-    """
-    return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={"range": Range(lo, hi, lo_open, hi_open)})
-
-
-def field_range(field: dataclasses.Field) -> Range | None:
-    """The declared range of a field (a Range, or a plain (lo, hi) tuple read as closed), else None."""
-    declared = field.metadata.get("range")
-    if declared is None or isinstance(declared, Range):
-        return declared
-    lo, hi = declared
-    return Range(lo, hi)
-
-
-def check_range(key: str, value: object, declared: Range | None) -> None:
-    """ConfigError naming key, value and range when a number (or an item of a sequence) lies outside it."""
-    if declared is None or value is None or isinstance(value, bool):
-        return
-    if isinstance(value, Mapping):
-        items = [(f"{key}.{k}", v) for k, v in value.items()]
-    elif isinstance(value, (list, tuple)):
-        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
-    else:
-        items = [(key, value)]
-    for where, item in items:
-        if isinstance(item, (int, float)) and not isinstance(item, bool) and item not in declared:
-            raise ConfigError(f"config key {where!r}: {item!r} is outside its range {declared}")
-
-
-def declared_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
-    """Dotted key -> declared range of every bounded field of `cls` and its nested dataclasses."""
-    ranges: dict[str, Range] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if field_range(f) is not None:
-            ranges[key] = field_range(f)
-        if dataclasses.is_dataclass(hints.get(f.name)):
-            ranges.update(declared_ranges(hints[f.name], f"{key}."))
-    return ranges
 
 
 # --- building --------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.ranges import SEED_MAX, bounded
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
 AUTO = "auto"

@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
-from pipeline.contract.config import bounded
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.contract.ranges import bounded
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow
 from pipeline.models.openface import (  # noqa: F401 - re-exported: the wrapper is part of this stage's API

@@ -38,8 +38,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import geometry, images
-from pipeline.contract.config import bounded
 from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.contract.ranges import bounded
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import (
     QuarantineRow,

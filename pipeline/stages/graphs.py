@@ -22,9 +22,9 @@ import pyarrow as pa
 
 from pipeline.contract import tables as artifacts
 from pipeline.contract.classes import CANONICAL_CLASSES
-from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ArtifactError, ConfigError, DataError, choices_message
 from pipeline.contract.graphs import check_space_name, graph_path, graph_table, write_graph
+from pipeline.contract.ranges import SEED_MAX, bounded
 from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from pipeline import geometry
 from pipeline.contract import layouts
-from pipeline.contract.config import bounded
 from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.contract.ranges import bounded
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import QuarantineRow, vectors_to_arrow, vectors_to_numpy
 from pipeline.models.sharing import LockedModel

@@ -28,8 +28,8 @@ import pyarrow as pa
 
 from pipeline.contract import tables as artifacts
 from pipeline.contract.classes import CANONICAL_CLASSES, class_names
-from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError, DataError, choices_message
+from pipeline.contract.ranges import SEED_MAX, bounded
 
 log = logging.getLogger(__name__)
 

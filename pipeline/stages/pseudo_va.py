@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.contract import tables as artifacts
-from pipeline.contract.config import bounded
 from pipeline.contract.crops import open_crops, read_valid_mask
 from pipeline.contract.errors import ArtifactError, BackendMissingError, ConfigError
+from pipeline.contract.ranges import bounded
 from pipeline.contract.va_regressor import FORMAT, FORMAT_VERSIONS, INPUT_KEYS, META_FILE
 
 log = logging.getLogger(__name__)

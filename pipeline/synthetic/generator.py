@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.contract.config import SEED_MAX, bounded
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.ranges import SEED_MAX, bounded
 from pipeline.synthetic.expressions import class_weights, expression, wrinkle_levels
 from pipeline.synthetic.reference import num_references, reference
 from pipeline.synthetic.render import (

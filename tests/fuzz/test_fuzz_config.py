@@ -13,16 +13,9 @@ import typing
 import pytest
 
 from pipeline.config import PrepareConfig, load_prepare_config, resolve_stage_configs
-from pipeline.contract.config import (
-    MAX_YAML_BYTES,
-    SEED_MAX,
-    build_config,
-    declared_ranges,
-    field_range,
-    load_yaml,
-    parse_set,
-)
+from pipeline.contract.config import MAX_YAML_BYTES, build_config, load_yaml, parse_set
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.ranges import SEED_MAX, declared_ranges, field_range
 from pipeline.specs import load_spec
 
 # 2 KB that a plain yaml.safe_load expands to 10**9 leaves when anything walks it (billion laughs).
@@ -279,7 +272,7 @@ def test_impossible_prepare_settings_are_one_line(item, message):
 
 
 def test_build_config_checks_ranges_of_a_plain_dataclass():
-    from pipeline.contract.config import bounded
+    from pipeline.contract.ranges import bounded
 
     @dataclasses.dataclass(frozen=True)
     class Fake:

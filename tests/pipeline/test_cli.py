@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 
 from pipeline.contract.cli import Alias, config_parser, overrides_of
-from pipeline.contract.config import bounded, build_config
+from pipeline.contract.config import build_config
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.ranges import bounded
 
 
 @dataclasses.dataclass(frozen=True)
