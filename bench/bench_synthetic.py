@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contract.classes import CANONICAL_CLASSES
+from pipeline.contract.config import build_dataclass, overrides_to_dict
 from pipeline.synthetic import criteria
 from pipeline.synthetic.generator import (
     SYNTHETIC_VERSION,
@@ -185,8 +186,8 @@ def main() -> None:
     parser.add_argument("--cnn-epochs", type=int, default=20)
     parser.add_argument("--out", default="bench_synthetic")
     args = parser.parse_args()
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    config = SyntheticConfig(**{"n": args.n, "seed": args.seed, "num_classes": 8, **overrides})
+    overrides = overrides_to_dict(args.set)      # the one --set parser: values read as YAML, then typed and ranged
+    config = build_dataclass(SyntheticConfig, {"n": args.n, "seed": args.seed, "num_classes": 8, **overrides})
     result = measure(config) if args.n else {}
     if args.cnn_n:
         cnn_config = dataclasses.replace(config, n=args.cnn_n, num_classes=7)
