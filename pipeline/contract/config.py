@@ -130,8 +130,9 @@ def parse_yaml(text: str, what: str) -> object:
     """`text` read as YAML by the safe loader, aliases refused: ConfigError naming `what` on any fault."""
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{what} is {len(text):,} characters; the limit is {MAX_YAML_BYTES:,} (MAX_YAML_BYTES)")
-    loader = _NoAliasLoader(text)
+    loader = None
     try:
+        loader = _NoAliasLoader(text)     # the reader refuses unprintable characters (a NUL) here already
         return loader.get_single_data()
     except ConfigError as exc:
         raise ConfigError(f"{what} {exc}") from None
@@ -140,7 +141,8 @@ def parse_yaml(text: str, what: str) -> object:
     except RecursionError:
         raise ConfigError(f"{what} nests too deeply to be a config") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str | Path, what: str = "config file") -> object:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from pipeline.contract.errors import ConfigError, choices_message
-from pipeline.contract.ranges import SEED_MAX, bounded
+from pipeline.contract.ranges import bounded
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
 AUTO = "auto"
@@ -29,7 +29,7 @@ class KnnConfig:
     k: int = bounded(8, 1, 4096)
     backend: str = AUTO                   # auto | blocked-ivf | exact | pynndescent | faiss
     metric: str = "euclidean"
-    seed: int = bounded(0, 0, SEED_MAX)
+    seed: int = bounded(0, 0, 2**31 - 1)   # faiss's k-means seed is a C int
     threads: int | None = bounded(None, 1, 4096)
     # PCA pre-step for approximate backends: search in `pca_dim` components for `pca_width`
     # candidates per row, re-ranked by exact distance in the full space. None: no PCA.

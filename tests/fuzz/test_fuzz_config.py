@@ -73,6 +73,7 @@ def test_oversized_file_is_refused_by_size_before_parsing(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("- a\n- b\n", "must hold a mapping (key: value lines) at the top level, got a list"),
+    ("seed: 0\x00\n", "is not valid YAML: unacceptable character #x0000"),
     ("42\n", "got a int"),
     ("just text\n", "got a str"),
     ("a: [1, 2\n", "is not valid YAML"),
@@ -308,3 +309,8 @@ def test_train_cli_refuses_a_config_file_bomb_in_one_line(tmp_path, capsys):
     assert main(["--dataset", "synthetic", "--method", "baseline", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "alias" in err[0]
+
+
+def test_a_set_value_that_is_no_yaml_stays_text():
+    key, value = parse_set("noise=sym\x000.30")          # a NUL: not YAML, the text as typed (names check it)
+    assert key == "noise" and str(value) == "sym\x000.30"
