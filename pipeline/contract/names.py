@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pipeline.contract.errors import ConfigError, choices_message
 
-# A letter or digit first, then letters, digits, '.', '_', '-' and '+'; at most 128 characters.
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+# A letter or digit first, then letters, digits, '.', '_', '-', '+' and '@' (the benchmark's
+# `baseline@images` rows); at most 128 characters.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}")
 
 
 def plain_name(kind: str, value: object, choices: Iterable[str] | None = None) -> str:
@@ -28,7 +29,7 @@ def plain_name(kind: str, value: object, choices: Iterable[str] | None = None) -
     if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or ".." in value:
         shown = value if isinstance(value, str) else type(value).__name__
         raise ConfigError(
-            f"{kind} {shown!r} is not a plain name: use letters, digits, '.', '_', '-' or '+' "
+            f"{kind} {shown!r} is not a plain name: use letters, digits, '.', '_', '-', '+' or '@' "
             f"(at most 128, starting with a letter or digit; no '/', '..', NUL or empty name)"
         )
     if choices is not None:

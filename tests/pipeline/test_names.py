@@ -7,7 +7,7 @@ from pipeline.contract.errors import ConfigError
 from pipeline.contract.names import inside_root, plain_name
 
 
-@pytest.mark.parametrize("name", ["synthetic", "sym-0.30", "sym-0.30-s2", "4b62bd3be65d5bd0", "run_1+x", "a.b"])
+@pytest.mark.parametrize("name", ["synthetic", "sym-0.30", "sym-0.30-s2", "4b62bd3be65d5bd0", "run_1+x", "a.b", "baseline@images"])
 def test_plain_names_pass(name):
     assert plain_name("variant", name) == name
 
