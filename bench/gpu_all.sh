@@ -50,6 +50,6 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 main 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then
-  cp bench/results/gpu_*.json "$LOG" "$OUT"/ 2>/dev/null || true
+  cp "${FER_BENCH_RESULTS:-bench/results}"/gpu_*.json "$LOG" "$OUT"/ 2>/dev/null || true
 fi
 exit "$rc"

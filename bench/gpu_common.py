@@ -8,7 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# FER_BENCH_RESULTS moves the JSON files elsewhere (the tests do, so a smoke run leaves the repo as it was)
+RESULTS = Path(os.environ.get("FER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def pick_device(smoke: bool, requested: str = "auto") -> str:
