@@ -13,6 +13,7 @@ with eager on CUDA).
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 
 import numpy as np
@@ -45,6 +46,7 @@ class HRNetRunner:
     """uint8 crops -> (points [B, P, 2] in crop pixels, scores [B]) with one compiled device step."""
 
     _cache: "weakref.WeakKeyDictionary[HRNetW18, dict]" = weakref.WeakKeyDictionary()
+    _cache_lock = threading.Lock()
 
     def __init__(self, model: HRNetW18, device: str | torch.device = "cpu", compile: str = "auto",
                  batch_size: int = 0, bf16: bool | None = None, backend: str = "inductor"):
@@ -70,11 +72,12 @@ class HRNetRunner:
     @classmethod
     def for_model(cls, model: HRNetW18, device, compile: str = "auto", batch_size: int = 0) -> "HRNetRunner":
         """One runner per (model, device, compile, batch) for the model's life: compile once, not per call."""
-        per_model = cls._cache.setdefault(model, {})
         key = (str(device), compile, batch_size)
-        if key not in per_model:
-            per_model[key] = cls(model, device, compile, batch_size)
-        return per_model[key]
+        with cls._cache_lock:
+            per_model = cls._cache.setdefault(model, {})
+            if key not in per_model:
+                per_model[key] = cls(model, device, compile, batch_size)
+            return per_model[key]
 
     def _eager_step(self, crops_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 [B, S, S, 3] on the device -> (points [B, P, 2] float32 crop pixels, scores [B])."""
