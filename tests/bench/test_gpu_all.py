@@ -51,3 +51,13 @@ def test_gpu_all_smoke_runs_on_a_bare_machine(tmp_path):
     assert "all done" in done.stdout and "failed" not in done.stdout
     written = sorted(p.name for p in (tmp_path / "results").glob("gpu_*_smoke.json"))
     assert written == ["gpu_hrnet_smoke.json", "gpu_knn_smoke.json", "gpu_train_smoke.json"]
+
+
+def test_peak_table_matches_device_names_and_shares():
+    from bench.gpu_common import peak_tflops, share_of_peak
+
+    assert peak_tflops("NVIDIA H200", "bf16") == 989.0 and peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 67.0
+    assert peak_tflops("NVIDIA H100 PCIe", "tf32") == 378.0 and peak_tflops("Some GPU", "bf16") is None
+    row = share_of_peak(98.9e12, {"device": "cuda", "name": "NVIDIA H200"}, "bf16")
+    assert row["share_of_peak"] == 0.1 and row["tflops"] == 98.9
+    assert share_of_peak(1e12, {"device": "cpu", "name": "CPU: x"}, "fp32")["share_of_peak"] is None
