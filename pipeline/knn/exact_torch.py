@@ -83,20 +83,23 @@ class _Products:
             self.data = round_mantissa(centred, MANTISSA_BITS[precision])              # [N, D] float32
 
     def context(self):
+        """TF32 products on for tf32/bf16 candidates, and off for fp32 (whatever the process set globally:
+        an fp32 pass run in TF32 would break its error bound)."""
         import torch
 
-        if self.cuda and self.precision != "fp32":
-            previous = torch.backends.cuda.matmul.allow_tf32
+        if not self.cuda:
+            return contextlib.nullcontext()
+        want = self.precision != "fp32"
 
-            @contextlib.contextmanager
-            def tf32():
-                torch.backends.cuda.matmul.allow_tf32 = True
-                try:
-                    yield
-                finally:
-                    torch.backends.cuda.matmul.allow_tf32 = previous
-            return tf32()
-        return contextlib.nullcontext()
+        @contextlib.contextmanager
+        def tf32():
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = want
+            try:
+                yield
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = previous
+        return tf32()
 
     def scores(self, q_rows, c0: int, c1: int):
         """[B, c1 - c0] float32 candidate scores of queries q_rows against columns c0..c1."""
