@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of issues 15 and 20 in one run, under 8 minutes on one H100/H200-class GPU:
 #   1. HRNet-W18 images/s at batch 256: the compiled runner, eager bf16 and fp32  (bench/bench_gpu_hrnet.py)
-#   2. exact K=8 neighbours of 1M x 136-d points, TF32 and bf16 candidates         (bench/bench_gpu_knn.py)
+#   2. exact K=8 neighbours of 1M x 136-d points, split TF32 / bf16 candidates     (bench/bench_gpu_knn.py)
 #   3. a 10K synthetic version prepared on all cores    (bench/gpu_prepare.py)
 #   4. every method's trainer throughput as a share of model-only, ResNet-18 224 bf16 channels_last
 #                                                       (bench/bench_gpu_train.py)

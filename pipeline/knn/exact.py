@@ -4,7 +4,8 @@ Blocks of float32 scores |x|^2 - 2 q.x (squared distance less |q|^2, on centred 
 candidates; their distances are recomputed with float64 sums and sorted by (distance, index). Rows
 whose K-th distance ties the last candidate are settled over all points. On the CPU the blocks run
 on worker threads (torch products, compiled selection); on CUDA pipeline.knn.exact_torch runs them
-(TF32 candidate products with a proven margin, chunked top-k, float64 re-ranking): the same neighbours.
+(split-TF32 candidate products with a proven margin, chunked top-k, float64 re-ranking): the same
+neighbours.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ class ExactBackend(KnnBackend):
         if device == "cpu":
             self.params = {"block_elements": BLOCK_ELEMENTS, "device": device}
         else:
-            from pipeline.knn.exact_torch import GPU_MARGIN
-            self.params = {"device": device, "candidates": "tf32, proven margin", "margin": GPU_MARGIN}
+            from pipeline.knn.exact_torch import DEFAULT_PRECISION, GPU_MARGIN
+            self.params = {"device": device, "candidates": f"{DEFAULT_PRECISION}, proven margin", "margin": GPU_MARGIN}
         return row_distances(x, indices) ** 2, indices
 
 

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.contract.errors import ConfigError
 from pipeline.knn import clustered_points, exact_knn
-from pipeline.knn.exact_torch import MANTISSA_BITS, error_bound, exact_knn_torch, round_mantissa
+from pipeline.knn.exact_torch import _search, _Products, error_bound, exact_knn_torch, split_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["tf32x3", "bf16x3", "tf32", "bf16", "fp32"])
 def test_equals_the_cpu_exact_path(precision):
     x = clustered_points(700, 136, seed=4)
     np.testing.assert_array_equal(exact_knn_torch(x, 8, device="cpu", precision=precision),
@@ -55,12 +55,25 @@ def test_the_error_bound_holds_for_every_pair():
     exact = centred.double().pow(2).sum(1)[None, :] - 2 * centred.double() @ centred.double().T  # [N, N]
     norms = centred.double().norm(dim=1)  # [N]
     sq = centred.double().pow(2).sum(1).float()
-    for precision in ("tf32", "bf16"):
-        low = round_mantissa(centred, MANTISSA_BITS[precision])
-        approx = torch.addmm(sq[None, :], low, low.T, alpha=-2.0).double()  # [N, N]
+    for precision in ("tf32x3", "bf16x3", "tf32", "bf16"):
+        queries, points = split_inputs(centred, precision)
+        approx = torch.addmm(sq[None, :], queries, points.T, alpha=-2.0).double()  # [N, N]
         bound = error_bound(norms, float(norms.max()), 136, precision)  # [N]
         ratio = ((approx - exact).abs() / bound[:, None]).max()
         assert ratio < 0.5, (precision, float(ratio))
+
+
+def test_split_products_prove_every_row_where_single_tf32_cannot():
+    """The default tf32x3 candidates are proven for (nearly) every row of dense clustered data."""
+    x = torch.from_numpy(clustered_points(20_000, 136, seed=0))
+    centred = x - x.double().mean(0).float()
+    sq = centred.double().pow(2).sum(1).float()
+    rows = torch.arange(0, 20_000, 97)
+    shares = {}
+    for precision in ("tf32x3", "tf32"):
+        _, proven = _search(x, centred, _Products(centred, sq, precision, "cpu"), rows, 8, 64, True, "cpu")
+        shares[precision] = float(proven.float().mean())
+    assert shares["tf32x3"] >= 0.99 and shares["tf32"] < shares["tf32x3"]
 
 
 def test_bad_precision_and_k_fail_clearly():
@@ -77,5 +90,5 @@ def test_cuda_equals_the_cpu_exact_path():
         pytest.skip("no CUDA")
     x = clustered_points(20_000, 136, seed=5)
     cpu = exact_knn(x, 8, device="cpu")
-    for precision in ("tf32", "bf16"):
+    for precision in ("tf32x3", "bf16x3", "tf32"):
         np.testing.assert_array_equal(exact_knn_torch(x, 8, device="cuda", precision=precision), cpu)
