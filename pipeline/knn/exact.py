@@ -3,7 +3,9 @@
 Blocks of float32 scores |x|^2 - 2 q.x (squared distance less |q|^2, on centred data) pick K + margin
 candidates; their distances are recomputed with float64 sums and sorted by (distance, index). Rows
 whose K-th distance ties the last candidate are settled over all points. On the CPU the blocks run
-on worker threads (torch products, compiled selection); on CUDA they run on the GPU with torch.topk.
+on worker threads (torch products, compiled selection); on CUDA pipeline.knn.exact_torch runs them
+(split-TF32 candidate products with a proven margin, chunked top-k, float64 re-ranking): the same
+neighbours.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from pipeline.knn.kernels import pair_distances, smallest_per_row, sort_pairs
 
 REFINE_MARGIN = 8           # extra float32 candidates re-ranked in float64
 BLOCK_ELEMENTS = 1 << 23    # distance-matrix elements per block and thread on the CPU (32 MiB float32)
-GPU_BLOCK_ELEMENTS = 1 << 30    # on CUDA: 4 GiB of float32 scores per block
 
 
 @register_backend("exact")
@@ -28,8 +29,11 @@ class ExactBackend(KnnBackend):
     def search(self, x: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         device = torch_device(self.config.use_gpu)
         indices = exact_knn(x, width, device=device, threads=self.config.threads)   # [N, width]
-        self.params = {"block_elements": BLOCK_ELEMENTS if device == "cpu" else GPU_BLOCK_ELEMENTS,
-                       "device": device}
+        if device == "cpu":
+            self.params = {"block_elements": BLOCK_ELEMENTS, "device": device}
+        else:
+            from pipeline.knn.exact_torch import DEFAULT_PRECISION, GPU_MARGIN
+            self.params = {"device": device, "candidates": f"{DEFAULT_PRECISION}, proven margin", "margin": GPU_MARGIN}
         return row_distances(x, indices) ** 2, indices
 
 
@@ -46,7 +50,9 @@ def exact_knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, exclude_
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = np.arange(x.shape[0]) if queries is None else np.asarray(queries, dtype=np.int64)
     if device != "cpu":
-        return _exact_knn_torch(x, k, rows, exclude_self, device)
+        from pipeline.knn.exact_torch import exact_knn_torch
+
+        return exact_knn_torch(x, k, rows, exclude_self, device)
     n = x.shape[0]
     take = min(k + REFINE_MARGIN, n - (1 if exclude_self else 0))
     centred = x - x.astype(np.float64).mean(axis=0).astype(np.float32)               # [N, D]
@@ -88,39 +94,6 @@ def exact_row(x: np.ndarray, row: int, k: int, exclude_self: bool = True) -> np.
     if exclude_self:
         d2[row] = np.inf
     return np.argsort(d2, kind="stable")[:k]
-
-
-def _exact_knn_torch(x: np.ndarray, k: int, rows: np.ndarray, exclude_self: bool, device: str) -> np.ndarray:
-    """The same search on a torch device (CUDA): float32 products, torch.topk, float64 re-ranking."""
-    import torch
-
-    n = x.shape[0]
-    take = min(k + REFINE_MARGIN, n - (1 if exclude_self else 0))
-    data = torch.from_numpy(x).to(device)                                             # [N, D] float32
-    centred = data - data.double().mean(dim=0).float()                                # [N, D]
-    sq = (centred * centred).sum(dim=1)                                               # [N]
-    block = max(1, min(len(rows), GPU_BLOCK_ELEMENTS // n))
-    all_rows = torch.from_numpy(rows).to(device)                                      # [Q]
-    out = np.empty((len(rows), k), dtype=np.int64)
-    with torch.no_grad():
-        for start in range(0, len(rows), block):
-            q_rows = all_rows[start:start + block]                                    # [B]
-            d2 = torch.addmm(sq[None, :], centred[q_rows], centred.T, alpha=-2.0)     # [B, N]
-            if exclude_self:
-                d2[torch.arange(len(q_rows), device=device), q_rows] = float("inf")
-            cand = torch.topk(d2, take, dim=1, largest=False).indices                 # [B, take]
-            diff = data[cand].double() - data[q_rows].double()[:, None, :]            # [B, take, D]
-            dist = diff.pow(2).sum(dim=2)                                             # [B, take] float64
-            cand, by_index = cand.sort(dim=1)
-            dist = dist.gather(1, by_index)
-            by_distance = dist.argsort(dim=1, stable=True)
-            cand, dist = cand.gather(1, by_distance), dist.gather(1, by_distance)
-            best = cand[:, :k].cpu().numpy()
-            if take < n - (1 if exclude_self else 0):
-                for i in torch.nonzero(dist[:, k - 1] >= dist[:, -1]).flatten().tolist():
-                    best[i] = exact_row(x, int(rows[start + i]), k, exclude_self)
-            out[start:start + len(best)] = best
-    return out
 
 
 def row_distances(x: np.ndarray, indices: np.ndarray, rows: np.ndarray | None = None,

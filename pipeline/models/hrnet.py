@@ -257,9 +257,11 @@ def decode_heatmaps(heatmaps: torch.Tensor, input_size: int = INPUT_SIZE) -> tup
     return (cells + 0.5) * scale - 0.5, peak                           # [B, P, 2], [B, P]
 
 
-def preprocess(crops: np.ndarray, device: torch.device) -> torch.Tensor:
-    """[B, S, S, 3] uint8 -> [B, 3, 256, 256] float normalised with ImageNet statistics."""
-    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
+def preprocess(crops: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[B, S, S, 3] uint8 (array, or tensor already on the device) -> [B, 3, 256, 256] float, ImageNet-normalised."""
+    if isinstance(crops, np.ndarray):
+        crops = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
+    x = crops.permute(0, 3, 1, 2).float() / 255.0
     if x.shape[-1] != INPUT_SIZE or x.shape[-2] != INPUT_SIZE:
         x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -268,26 +270,14 @@ def preprocess(crops: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict(model: HRNetW18, crops: np.ndarray, device: str = "cpu", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: HRNetW18, crops: np.ndarray, device: str = "cpu", batch_size: int = 64,
+            compile: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """[B, S, S, 3] uint8 crops -> ([B, P, 2] float32 points in crop pixels, [B] mean peak score).
 
-    bf16 autocast and channels_last on CUDA; fp32 on CPU.
+    On CUDA: bf16, channels_last, torch.compile with CUDA graphs (pipeline.models.hrnet_infer), batch size
+    from free memory when `batch_size` is 0; on CPU: fp32 eager unless `compile` is "yes".
     """
-    dev = torch.device(device)
-    size = crops.shape[1]
-    cuda = dev.type == "cuda"
-    model = model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format)
-    points, scores = [], []
-    for start in range(0, len(crops), batch_size):
-        x = preprocess(crops[start:start + batch_size], dev)          # [b, 3, 256, 256]
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
-            heatmaps = model(x)                                        # [b, P, 64, 64]
-        xy, peak = decode_heatmaps(heatmaps.float(), INPUT_SIZE)       # [b, P, 2], [b, P]
-        points.append((xy * (size / INPUT_SIZE) + 0.5 * (size / INPUT_SIZE) - 0.5).cpu().numpy())
-        scores.append(peak.mean(dim=1).cpu().numpy())
-    num_points = model.num_points
-    if not points:
-        return np.zeros((0, num_points, 2), np.float32), np.zeros(0, np.float32)
-    return np.concatenate(points).astype(np.float32), np.concatenate(scores).astype(np.float32)
+    from pipeline.models.hrnet_infer import HRNetRunner
+
+    runner = HRNetRunner.for_model(model, device, compile=compile, batch_size=batch_size)
+    return runner.predict(crops)

@@ -2,7 +2,7 @@
 
 Two public-domain photographs (scikit-image's astronaut, matplotlib's Grace Hopper; see
 pipeline.synthetic.reference) are warped piecewise-affinely along the iBUG 68-point mesh; their
-reference points come from dlib's detector and 68-point predictor, run once per process. An identity
+reference points are dlib's (detector and 68-point predictor), stored in the package. An identity
 is a photo, a large anthropometric shape morph and a skin tint (pipeline.synthetic.shape); an
 expression is a set of action units moving the mesh, at an intensity from subtle to full, sometimes a
 blend of two classes whose weights are the true label distribution, with a valence/arousal from the

