@@ -124,6 +124,7 @@ def _peaked_maps(points: int = 19, batch: int = 3, seed: int = 0) -> tuple[torch
     return _gaussian_maps(centres), centres
 
 
+@pytest.mark.slow  # dynamo traces all of HRNet: ~100 s on 2 cores; CI runs it with the slow tests
 def test_compiled_runner_equals_eager_within_bf16_tolerance(model19):
     """The compiled step (one dynamo graph of preprocess + network + decode, fixed shapes by padding) gives
     eager's results; in bf16 the scores stay within bf16 tolerance of fp32."""
