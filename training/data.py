@@ -184,6 +184,9 @@ class PreparedVersion:
         name = f"{art.LABELS_DIR}/{variant}.parquet"
         path = self.directory / name
         if not path.is_file():
+            audited = self._audit_labels(variant)
+            if audited is not None:
+                return audited
             if variant == "clean":
                 return self.label.copy(), self.label.copy()
             prepared = ", ".join(self.label_variants()) or "none"
@@ -198,6 +201,13 @@ class PreparedVersion:
         label[ids] = table.column("label").to_numpy(zero_copy_only=False)
         clean[ids] = table.column("clean_label").to_numpy(zero_copy_only=False)
         return label, clean
+
+    def _audit_labels(self, variant: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A label set written by a label audit (`<variant>+audit-<hash>-drop|relabel|fold<k>`, kept beside
+        runs, never in the version: training.audit.variants); None for any other name."""
+        from training.audit.variants import read_audit_labels
+
+        return read_audit_labels(self, variant)
 
     def splits(self) -> list[str]:
         return sorted(set(self.split.tolist()))
