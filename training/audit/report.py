@@ -82,18 +82,21 @@ def pr_curves(scores: dict, flipped: np.ndarray) -> str:
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, score in scores.items():
+    fig, ax = plt.subplots(figsize=(9.5, 5.0))
+    colours = plt.get_cmap("tab20").colors
+    for index, (name, score) in enumerate(scores.items()):
         precision, recall, _ = precision_recall_curve(flipped, score)
-        ax.plot(recall, precision, lw=2.2 if name == "combined" else 1.2, label=name,
-                ls="-" if name in ("combined", "cleanlab") or name.startswith("neighbours") else ":")
+        label_signal = name in ("combined", "cleanlab") or name.startswith("neighbours")
+        ax.plot(recall, precision, lw=2.6 if name == "combined" else 1.3, label=name,
+                color="black" if name == "combined" else colours[index % len(colours)],
+                ls="-" if label_signal else ":")
     ax.axhline(flipped.mean(), color="#888", lw=0.8, ls="--", label="share flipped")
     ax.set_xlabel("recall (flipped labels found)")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _figure_uri(fig)
 
 
