@@ -11,7 +11,7 @@ CONFIG  ?=
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare verify train benchmark-noise server serve clean
+.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare verify train audit benchmark-noise server serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ serve:  ## serve the prepare flow on a schedule against `make server`: make serv
 
 train:  ## train on a prepared version: make train DATASET=synthetic METHOD=baseline NOISE=sym-0.30 [CONFIG=f.yaml] [ARGS="--epochs 2"]
 	$(PY) -m training.train --dataset $(DATASET) --method $(METHOD) --noise $(NOISE) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+FOLDS ?= 5
+audit:  ## rank suspect training labels (out-of-fold cleanlab + graph signals), report, cleaned variants: make audit DATASET=synthetic NOISE=sym-0.30 [FOLDS=5] [CONFIG=recipe.yaml] [ARGS="--set seed=1"]
+	$(PY) -m training.audit --dataset $(DATASET) --noise $(NOISE) --folds $(FOLDS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 benchmark-noise:  ## every method x noise variant x seed: make benchmark-noise DATASET=synthetic METHODS=baseline,soft NOISE=sym-0.30 SEEDS=0,1
 	$(PY) bench/benchmark_noise.py --dataset $(DATASET) --methods $(METHODS) --noise $(NOISE) --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
