@@ -2,18 +2,22 @@
 
     python bench/audit.py [--work /tmp/fer-audit] [--n 1000] [--noise sym-0.30,asym-0.30] [--seeds 0,1,2]
         [--folds 5] [--jobs 1] [--train-config training/configs/benchmark_memorise_cpu.yaml] [--no-train]
-        [--name audit_synthetic_cpu]
+        [--train-references] [--tables-only] [--name audit_synthetic_cpu]
 
 On the CPU benchmark's version (synthetic v2, n=1000 with the generator's validation split, prepared by
 bench.prepared as bench/memorisation.py does: 608 train / 196 val / 196 test), for every noise variant and
 seed: the audit (`training.audit.run.run_audit`, its default recipe, audit seed = the seed) and its numbers per
 signal (AUROC and precision@n_flipped against the known flips); then the baseline under the CPU benchmark's
-recipe (the `train` layer of --train-config, runtime.seed = the seed) on the clean labels, the noisy variant
-and both cleaned variants (flagged labels dropped / relabelled). The share of the accuracy the noise cost that
-a cleaned variant gives back is (cleaned - noisy) / (clean - noisy).
+recipe (the `train` layer of --train-config, runtime.seed = the seed) on both cleaned variants (flagged
+labels dropped / relabelled). The clean and noisy references are the same baseline cells of the CPU benchmark
+table (bench/results/benchmark_memorise_synthetic_cpu.json: same version, recipe and seeds), or, with
+--train-references, trained here too. The share of the accuracy the noise cost that a cleaned variant gives
+back is (cleaned - noisy) / (clean - noisy), per seed.
 
 Every finished cell is kept in <work>/cells/*.json, so a killed bench resumes (and so do the audits and the
-runs themselves). Writes bench/results/<name>.json and .md after every cell, with the load average.
+runs themselves); several bench processes on disjoint --noise/--seeds may share one --work. The tables are
+built from every cell in <work>/cells and written to bench/results/<name>.json and .md after every cell
+(--tables-only: just that), with the load average.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ if str(PROJECT) not in sys.path:
 log = logging.getLogger("bench.audit")
 RESULTS = PROJECT / "bench" / "results"
 TRAIN_CONFIG = PROJECT / "training" / "configs" / "benchmark_memorise_cpu.yaml"
+REFERENCES = RESULTS / "benchmark_memorise_synthetic_cpu.json"
+VARIANTS = ("clean", "sym-0.30", "asym-0.30")    # the CPU benchmark version's label variants (part of its id)
 LABEL_SIGNALS = ("cleanlab", "neighbours-au", "neighbours-landmarks", "neighbours-va", "combined")
 
 
@@ -83,10 +89,11 @@ def cell(work: Path, key: str, compute) -> dict:
     return result
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 3) -> str:
     if not values:
         return "-"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if len(values) > 1 else \
+        f"{values[0]:.{digits}f}"
 
 
 def tables(summary: dict) -> str:
@@ -102,7 +109,7 @@ def tables(summary: dict) -> str:
             rows = [cells[s]["signals"][signal] for s in seeds if signal in cells[s]["signals"]]
             lines.append(f"| {signal} | {mean_std([r['auroc'] for r in rows])} | "
                          f"{mean_std([r['precision_at_n_flipped'] for r in rows])} | "
-                         f"{mean_std([r['flagged'] for r in rows])} | {mean_std([r['flag_precision'] for r in rows])} |")
+                         f"{mean_std([r['flagged'] for r in rows], 0)} | {mean_std([r['flag_precision'] for r in rows])} |")
         weights = {k: np.mean([cells[s]["weights"][k] for s in seeds]) for k in cells[seeds[0]]["weights"]}
         times = [cells[s]["wall_seconds"] for s in seeds]
         cpu = [cells[s]["cpu_seconds"] for s in seeds]
@@ -130,11 +137,56 @@ def tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def references(path: Path, version: str) -> dict:
+    """{variant: {seed: record}} of the baseline cells of the CPU benchmark table on the same version."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("dataset_version") != version:
+        log.info("%s is about version %s, not %s: no references from it", path, data.get("dataset_version"), version)
+        return {}
+    out: dict = {}
+    for record in data.get("cells", []):
+        cell = record["cell"]
+        if cell["method"] == "baseline" and not cell.get("equal_images") and record.get("status") == "done":
+            out.setdefault(cell["variant"], {})[str(cell["seed"])] = {
+                "test_accuracy": record["metrics"]["test_accuracy"], "source": str(path.relative_to(PROJECT))}
+    return out
+
+
+def collect(work: Path, base: dict, reference: dict) -> dict:
+    """The summary from every cell in <work>/cells (and the references where no trained reference is)."""
+    summary = {**base, "audits": {}, "training": {}}
+    for path in sorted((work / "cells").glob("*.json")):
+        kind, rest = path.stem.split("-", 1)
+        record = json.loads(path.read_text())
+        if kind == "audit":
+            noise, seed = rest.rsplit("-s", 1)
+            summary["audits"].setdefault(noise, {})[seed] = record
+            summary["train_faces"] = record["n"]
+        elif rest.startswith("clean-s"):
+            summary.setdefault("trained_clean", {})[rest.split("-s")[-1]] = record
+        else:
+            body, seed = rest.rsplit("-s", 1)
+            noise, part = body.rsplit("-", 1)
+            summary["training"].setdefault(noise, {}).setdefault(part, {})[seed] = record
+    for noise, rows in summary["training"].items():
+        rows.setdefault("clean", dict(summary.get("trained_clean") or reference.get("clean", {})))
+        rows.setdefault("noisy", dict(reference.get(noise, {})))
+    return summary
+
+
 def write(summary: dict, name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(tables(summary))
+    _atomic(RESULTS / f"{name}.json", json.dumps(summary, indent=2, default=str) + "\n")
+    _atomic(RESULTS / f"{name}.md", tables(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,44 +202,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="folds trained at once per audit")
     parser.add_argument("--train-config", default=str(TRAIN_CONFIG))
     parser.add_argument("--no-train", action="store_true", help="audits only")
+    parser.add_argument("--train-references", action="store_true",
+                        help="train the clean and noisy references too (default: the CPU benchmark table's cells)")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from <work>/cells only")
     parser.add_argument("--name", default="audit_synthetic_cpu")
     args = parser.parse_args(argv)
     work = Path(args.work)
     os.environ["FER_RUNS"] = str(work / "runs")        # audits and their cleaned variants live here
     noises = [v.strip() for v in args.noise.split(",") if v.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    version = prepare_small_version(work, n=args.n, crop_size=64, variants=("clean", *noises),
+    base = {"command": "python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "n": args.n, "folds": args.folds, "machine": f"{os.cpu_count()} cores", "train_faces": None,
+            "train_config": str(Path(args.train_config).relative_to(PROJECT))
+            if Path(args.train_config).is_relative_to(PROJECT) else args.train_config}
+    if args.tables_only:
+        first = next(iter(sorted((work / "cells").glob("audit-*.json"))))
+        base["version"] = json.loads(first.read_text())["version"]
+        summary = collect(work, base, references(REFERENCES, base["version"]))
+        write(summary, args.name)
+        print(tables(summary))
+        return 0
+    version = prepare_small_version(work, n=args.n, crop_size=64, variants=VARIANTS,
                                     cache=os.environ.get("FER_CACHE"), source_options={"validation": True})
-    summary = {"command": "python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "version": version.version, "n": args.n, "seeds": seeds, "folds": args.folds,
-               "train_config": str(Path(args.train_config).relative_to(PROJECT))
-               if Path(args.train_config).is_relative_to(PROJECT) else args.train_config,
-               "machine": f"{os.cpu_count()} cores", "audits": {}, "training": {}, "train_faces": None}
+    base["version"] = version.version
+    reference = references(REFERENCES, version.version)
     runs = work / "train-runs"
+    config = Path(args.train_config)
     for noise in noises:                               # the audits and the cleaned runs first ...
         for seed in seeds:
             result = cell(work, f"audit-{noise}-s{seed}",
                           lambda: audit_cell(version, noise, seed, args.folds, args.jobs))
-            summary["audits"].setdefault(noise, {})[str(seed)] = result
-            summary["train_faces"] = result["n"]
-            write(summary, args.name)
+            write(collect(work, base, reference), args.name)
             if args.no_train:
                 continue
             for part, variant in result["cleaned_variants"].items():
-                trained = cell(work, f"train-{noise}-{part}-s{seed}",
-                               lambda: train_cell(version, variant, seed, Path(args.train_config), runs))
-                summary["training"].setdefault(noise, {}).setdefault(part, {})[str(seed)] = trained
-                write(summary, args.name)
-    if not args.no_train:                              # ... then the noisy and clean references
+                cell(work, f"train-{noise}-{part}-s{seed}", lambda: train_cell(version, variant, seed, config, runs))
+                write(collect(work, base, reference), args.name)
+    if args.train_references and not args.no_train:   # ... then the noisy and clean references
         for seed in seeds:
-            clean = cell(work, f"train-clean-s{seed}",
-                         lambda: train_cell(version, "clean", seed, Path(args.train_config), runs))
+            cell(work, f"train-clean-s{seed}", lambda: train_cell(version, "clean", seed, config, runs))
             for noise in noises:
-                noisy = cell(work, f"train-{noise}-noisy-s{seed}",
-                             lambda: train_cell(version, noise, seed, Path(args.train_config), runs))
-                summary["training"].setdefault(noise, {}).setdefault("noisy", {})[str(seed)] = noisy
-                summary["training"][noise].setdefault("clean", {})[str(seed)] = clean
-            write(summary, args.name)
+                cell(work, f"train-{noise}-noisy-s{seed}", lambda: train_cell(version, noise, seed, config, runs))
+            write(collect(work, base, reference), args.name)
+    summary = collect(work, base, reference)
+    write(summary, args.name)
     print(tables(summary))
     return 0
 
