@@ -130,6 +130,10 @@ def gallery(version, train, signals, views, config, truth: bool) -> str:
     return f'<div class="grid">{"".join(cards)}</div>'
 
 
+def _share(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"     # NaN (nothing flagged): no precision
+
+
 def signal_table(summary: dict) -> str:
     truth = summary["truth_known"]
     head = ["signal", "AUROC", f"precision@{summary['n_flipped']}", "flagged", "flag precision", "flag recall"] \
@@ -137,7 +141,7 @@ def signal_table(summary: dict) -> str:
     rows = []
     for name, m in summary["signals"].items():
         cells = [name] + ([f"{m['auroc']:.3f}", f"{m['precision_at_n_flipped']:.3f}", m["flagged"],
-                           f"{m['flag_precision']:.3f}", f"{m['flag_recall']:.3f}"] if truth else [m["flagged"]])
+                           _share(m["flag_precision"]), _share(m["flag_recall"])] if truth else [m["flagged"]])
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + "".join(rows)
             + "</table>")
