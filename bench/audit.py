@@ -104,12 +104,14 @@ def tables(summary: dict) -> str:
     for noise, cells in summary["audits"].items():
         seeds = sorted(cells)
         lines += [f"### {noise} (seeds {', '.join(seeds)}; {cells[seeds[0]]['n_flipped']} flipped)", "",
-                  "| signal | AUROC | precision@n_flipped | flagged | flag precision |", "| --- | ---: | ---: | ---: | ---: |"]
+                  "| signal | AUROC | precision@n_flipped | flagged | flag precision |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for signal in cells[seeds[0]]["signals"]:
             rows = [cells[s]["signals"][signal] for s in seeds if signal in cells[s]["signals"]]
             lines.append(f"| {signal} | {mean_std([r['auroc'] for r in rows])} | "
                          f"{mean_std([r['precision_at_n_flipped'] for r in rows])} | "
-                         f"{mean_std([r['flagged'] for r in rows], 0)} | {mean_std([r['flag_precision'] for r in rows])} |")
+                         f"{mean_std([r['flagged'] for r in rows], 0)} | "
+                         f"{mean_std([r['flag_precision'] for r in rows])} |")
         weights = {k: np.mean([cells[s]["weights"][k] for s in seeds]) for k in cells[seeds[0]]["weights"]}
         times = [cells[s]["wall_seconds"] for s in seeds]
         cpu = [cells[s]["cpu_seconds"] for s in seeds]

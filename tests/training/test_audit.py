@@ -99,7 +99,8 @@ def test_cleaned_variants_drop_and_relabel_the_flagged(audited):
     drop = pq.read_table(os.path.join(directory, "labels/drop.parquet")).to_pandas().set_index("sample_id")
     relabel = pq.read_table(os.path.join(directory, "labels/relabel.parquet")).to_pandas().set_index("sample_id")
     flagged = audit["flagged"]
-    assert (drop.loc[flagged, "label"] == -1).all() and (drop.loc[~flagged, "label"] == audit.loc[~flagged, "given_label"]).all()
+    assert (drop.loc[flagged, "label"] == -1).all()
+    assert (drop.loc[~flagged, "label"] == audit.loc[~flagged, "given_label"]).all()
     assert (relabel.loc[flagged, "label"] == audit.loc[flagged, "suggested_label"]).all()
     assert (relabel.loc[~flagged, "label"] == audit.loc[~flagged, "given_label"]).all()
 
@@ -126,7 +127,8 @@ def test_train_on_a_cleaned_variant_names_the_audit(audited, at_tiny, tiny_overr
     _, summary = audited
     variant = summary["cleaned_variants"]["drop"]
     assert variant == f"sym-0.30+audit-{summary['audit_hash']}-drop"
-    final = fit(resolve_config("baseline", "synthetic", variant, None, tiny_overrides + [("epochs", "1"), ("batch_size", "16")]))
+    overrides = tiny_overrides + [("epochs", "1"), ("batch_size", "16")]
+    final = fit(resolve_config("baseline", "synthetic", variant, None, overrides))
     results = json.loads(open(os.path.join(final["run_dir"], "results.json")).read())
     assert results["noise"] == variant and results["dataset_version"] == summary["version"]
 

@@ -116,7 +116,8 @@ def gallery(version, train, signals, views, config, truth: bool) -> str:
                  f"suggested {_label(names, suggested)}"]
         if truth:
             lines.append(f"true {_label(names, train.clean_label[i], 'ok')}" + (" (flipped)" if flipped else ""))
-        lines.append(f"score {signals.scores['combined'][i]:.3f}{' &middot; flagged' if signals.flags['combined'][i] else ''}")
+        flag = " &middot; flagged" if signals.flags["combined"][i] else ""
+        lines.append(f"score {signals.scores['combined'][i]:.3f}{flag}")
         rows = []
         for view in views:
             figures = []
