@@ -120,6 +120,17 @@ def test_rerun_resumes_finished_folds_and_gives_the_same_audit(audited, at_tiny,
     assert open(os.path.join(directory, "audit.parquet"), "rb").read() == before   # same seed, same audit
 
 
+def test_folds_on_worker_processes_give_the_same_audit(audited, at_tiny):
+    _, summary = audited
+    directory = summary["directory"]
+    before = open(os.path.join(directory, "audit.parquet"), "rb").read()
+    shutil.rmtree(os.path.join(directory, "oof"))
+    shutil.rmtree(os.path.join(directory, "runs"))
+    assert audit_main(["--dataset", "synthetic", "--noise", "sym-0.30", *FAST, "--set", "jobs=2"]) == 0
+    assert sorted(os.listdir(os.path.join(directory, "oof"))) == ["fold1.npz", "fold2.npz"]
+    assert open(os.path.join(directory, "audit.parquet"), "rb").read() == before   # jobs is not in the hash
+
+
 def test_train_on_a_cleaned_variant_names_the_audit(audited, at_tiny, tiny_overrides):
     from training.config import resolve_config
     from training.engine import fit
