@@ -135,6 +135,11 @@ def tables(summary: dict) -> str:
                 back.append(mean_std(shares))
             lines.append(f"| {noise} | {mean_std(acc['clean'])} | {mean_std(acc['noisy'])} | {mean_std(acc['drop'])} "
                          f"| {mean_std(acc['relabel'])} | {back[0]} / {back[1]} |")
+        for noise, rows in summary["training"].items():
+            sources = {part: sorted({r.get("source", "trained by this bench") for r in rows.get(part, {}).values()})
+                       for part in ("clean", "noisy")}
+            lines.append(f"\n{noise}: clean reference {', '.join(sources['clean']) or '-'}; noisy reference "
+                         f"{', '.join(sources['noisy']) or '-'}.")
     lines += ["", f"Machine: {summary['machine']}; load average at the end {summary['load_average_end']}.", ""]
     return "\n".join(lines)
 
