@@ -99,7 +99,8 @@ def mean_std(values: list[float], digits: int = 3) -> str:
 def tables(summary: dict) -> str:
     """The markdown tables: signals per noise variant; baseline accuracy per label set."""
     lines = [f"# Label audit on synthetic {summary['version']} (n={summary['n']}; {summary['train_faces']} training "
-             f"faces)", "", f"Command: `{summary['command']}`", "",
+             f"faces)", "", "Cells: `python bench/audit.py --work <work> --train-references` (here: one process per "
+             f"--noise on one work folder); this file written by `{summary['command']}`.", "",
              "## How well each signal ranks the flipped labels (mean ± std over the seeds that finished)", ""]
     for noise, cells in summary["audits"].items():
         seeds = sorted(cells)
@@ -189,11 +190,15 @@ def collect(work: Path, base: dict, reference: dict) -> dict:
     return summary
 
 
-def write(summary: dict, name: str) -> None:
+def write(summary: dict, name: str, work: Path) -> None:
+    """bench/results/<name>.{json,md}; paths under the work folder are written as <work>/..."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    _atomic(RESULTS / f"{name}.json", json.dumps(summary, indent=2, default=str) + "\n")
-    _atomic(RESULTS / f"{name}.md", tables(summary))
+    text = json.dumps(summary, indent=2, default=str) + "\n"
+    for prefix in {str(work.resolve()), str(work)}:
+        text = text.replace(prefix, "<work>")
+    _atomic(RESULTS / f"{name}.json", text)
+    _atomic(RESULTS / f"{name}.md", tables(json.loads(text)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(sorted((work / "cells").glob("audit-*.json"))))
         base["version"] = json.loads(first.read_text())["version"]
         summary = collect(work, base, references(REFERENCES, base["version"]))
-        write(summary, args.name)
+        write(summary, args.name, work)
         print(tables(summary))
         return 0
     version = prepare_small_version(work, n=args.n, crop_size=64, variants=VARIANTS,
@@ -239,20 +244,20 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             result = cell(work, f"audit-{noise}-s{seed}",
                           lambda: audit_cell(version, noise, seed, args.folds, args.jobs))
-            write(collect(work, base, reference), args.name)
+            write(collect(work, base, reference), args.name, work)
             if args.no_train:
                 continue
             for part, variant in result["cleaned_variants"].items():
                 cell(work, f"train-{noise}-{part}-s{seed}", lambda: train_cell(version, variant, seed, config, runs))
-                write(collect(work, base, reference), args.name)
+                write(collect(work, base, reference), args.name, work)
     if args.train_references and not args.no_train:   # ... then the noisy and clean references
         for seed in seeds:
             cell(work, f"train-clean-s{seed}", lambda: train_cell(version, "clean", seed, config, runs))
             for noise in noises:
                 cell(work, f"train-{noise}-noisy-s{seed}", lambda: train_cell(version, noise, seed, config, runs))
-            write(collect(work, base, reference), args.name)
+            write(collect(work, base, reference), args.name, work)
     summary = collect(work, base, reference)
-    write(summary, args.name)
+    write(summary, args.name, work)
     print(tables(summary))
     return 0
 
