@@ -140,7 +140,7 @@ def test_truth_metrics():
 
 def test_cli_flags_are_aliases_of_set_keys():
     assert parse_cli(["--dataset", "rafdb", "--noise", "sym-0.30", "--folds", "3", "--set", "train.epochs=2"]) == \
-        ["dataset=rafdb", "noise=sym-0.30", "folds=3", "train.epochs=2"]
+        [("dataset", "rafdb"), ("noise", "sym-0.30"), ("folds", "3"), ("train.epochs", "2")]
     from training.audit.config import audit_config
 
     config = audit_config(parse_cli(["--noise", "asym-0.30", "--set", "train.optim.lr=0.01", "--set", "graphs=va"]))

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from pipeline.contract.cli import Alias, ConfigArgumentParser, add_config_arguments, overrides_of
 from pipeline.contract.errors import FerError
 
 EXAMPLES = """
@@ -24,19 +25,24 @@ then: make train DATASET=synthetic METHOD=baseline NOISE=<a cleaned variant prin
 """
 
 
-def parse_cli(argv: list[str] | None = None) -> list[str]:
-    """The command line as `key=value` overrides of AuditConfig (the flags are aliases of keys)."""
-    parser = argparse.ArgumentParser(prog="python -m training.audit", description=__doc__.split("\n\n")[0],
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", help="prepared dataset (alias of --set dataset=)")
-    parser.add_argument("--noise", help="label variant to audit (alias of --set noise=)")
-    parser.add_argument("--folds", help="K of the K-fold out-of-fold probabilities (alias of --set folds=)")
-    parser.add_argument("--config", help="training recipe of the fold runs (alias of --set config=)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any audit key")
-    args = parser.parse_args(argv)
-    aliases = [f"{key}={getattr(args, key)}" for key in ("dataset", "noise", "folds", "config")
-               if getattr(args, key) is not None]
-    return aliases + list(args.set)
+# The one table of this command's shortcut flags: each is `--set KEY=VALUE` (in command-line order with --set).
+AUDIT_ALIASES = (
+    Alias("--dataset", "dataset", help="prepared dataset"),
+    Alias("--noise", "noise", help="label variant to audit"),
+    Alias("--folds", "folds", help="K of the K-fold out-of-fold probabilities"),
+    Alias("--config", "config", help="training recipe (YAML) of the fold runs"),
+)
+
+
+def parse_cli(argv: list[str] | None = None) -> list[tuple[str, object]]:
+    """The command line as (key, value) overrides of AuditConfig, through the one config grammar."""
+    from training.audit.config import AuditConfig
+
+    parser = ConfigArgumentParser(prog="python -m training.audit", description=__doc__.split("\n\n")[0],
+                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, AUDIT_ALIASES, AuditConfig, with_config=False,
+                         set_help="any audit key (dotted path, value read as YAML); trainer keys as train.<key>")
+    return overrides_of(parser.parse_args(argv))
 
 
 def format_lines(summary: dict) -> list[str]:
