@@ -28,11 +28,11 @@ setup-gpu: setup  ## add faiss-gpu on a CUDA machine
 setup-fan: setup  ## add the face-alignment package (FAN landmarks) without replacing opencv-python-headless
 	$(PIP) install --no-deps "face-alignment>=1.4"
 
-test:  ## run the default test suite (what CI runs): everything not marked slow or gpu
+test:  ## run the default test suite: everything not marked slow or gpu (CI runs it, then test-slow)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow:  ## run the slow tests (servers, big fixtures)
-	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+test-slow:  ## run the slow tests (Prefect server + schedule, Dask cluster, Chromium, README quickstart, DDP); CI runs them
+	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 test-all:  ## run every test (GPU tests skip without CUDA)
 	$(PY) -m pytest $(PYTEST_ARGS)
