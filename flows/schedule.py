@@ -103,6 +103,16 @@ def pipeline_logs_to_run(flow, flow_run, state) -> None:
             logger.addHandler(handler)
 
 
+def served_flow(config: PrepareConfig):
+    """The prepare flow as a deployment serves it: the runner cloudpickles this object into each run's
+    freshly spawned process (tests/flows/test_schedule.py validates parameters there the same way)."""
+    from flows.prepare import prepare_flow
+    from flows.runtime import make_task_runner
+
+    return prepare_flow.with_options(task_runner=make_task_runner(config.max_workers),
+                                     on_running=[pipeline_logs_to_run])
+
+
 def deployment_name(config: PrepareConfig, name: str | None = None) -> str:
     """The deployment's name: `name`, or `prepare-<dataset>` (full name `prepare/prepare-<dataset>`)."""
     return name or f"prepare-{config.dataset}"
@@ -137,15 +147,13 @@ def serve_prepare(config: PrepareConfig, name: str | None = None, cron: str | No
         raise ConfigError(f"watched path {watch} does not exist; give the dataset's label file or folder")
     if watch_every_s <= 0:
         raise ConfigError(f"watch_every_s must be a positive number of seconds, got {watch_every_s!r}")
-    from flows.prepare import prepare_flow
-    from flows.runtime import configure_prefect, make_task_runner
+    from flows.runtime import configure_prefect
     from pipeline.config import resolve_stage_configs
     from pipeline.contract.lock import artifacts_root
 
     resolve_stage_configs(config)            # a bad option fails here, not at the first scheduled run
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")   # inherited by the run processes
-    flow = prepare_flow.with_options(task_runner=make_task_runner(config.max_workers),
-                                     on_running=[pipeline_logs_to_run])
+    flow = served_flow(config)
     deployment = deployment_name(config, name)
     log.info("serving deployment prepare/%s (cron=%s, interval=%s, watch=%s) against %s", deployment, cron,
              interval, watch, os.environ["PREFECT_API_URL"])

@@ -110,11 +110,10 @@ def test_flow_parameters_validate_in_a_freshly_spawned_process():
     (`from __future__ import annotations` in flows/prepare.py) failed every scheduled run this way."""
     import cloudpickle
 
-    from flows.prepare import prepare_flow
-    from flows.runtime import make_task_runner
+    from flows.schedule import served_flow
 
     config = load_prepare_config(None, SMALL, dataset="synthetic")
-    flow = prepare_flow.with_options(task_runner=make_task_runner(config.max_workers))   # as serve_prepare
+    flow = served_flow(config)                                                           # as serve_prepare
     parameters = json.dumps({"config": dataclasses.asdict(config)})                     # as the API stores them
     child = ("import dataclasses, json, sys, cloudpickle\n"
              "flow = cloudpickle.loads(sys.stdin.buffer.read())\n"
