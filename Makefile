@@ -28,11 +28,11 @@ setup-gpu: setup  ## add faiss-gpu on a CUDA machine
 setup-fan: setup  ## add the face-alignment package (FAN landmarks) without replacing opencv-python-headless
 	$(PIP) install --no-deps "face-alignment>=1.4"
 
-test:  ## run the default test suite (what CI runs): everything not marked slow or gpu
+test:  ## run the default test suite: everything not marked slow or gpu (CI runs it, then test-slow)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow:  ## run the slow tests (servers, big fixtures)
-	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+test-slow:  ## run the slow tests (Prefect server + schedule, Dask cluster, Chromium, README quickstart, DDP); CI runs them
+	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 test-all:  ## run every test (GPU tests skip without CUDA)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -45,14 +45,19 @@ verify:  ## re-hash a prepared version against its lock (non-zero on drift): mak
 	$(PY) -m flows verify --dataset $(DATASET) --version $(VERSION) $(if $(ROOT),--root $(ROOT)) $(ARGS)
 
 PREFECT_PORT ?= 4200
-server:  ## start a Prefect server on 127.0.0.1:$(PREFECT_PORT) (SQLite, analytics off); leave it running
+PREFECT_URL = http://127.0.0.1:$(PREFECT_PORT)
+server:  ## start a Prefect server on 127.0.0.1:$(PREFECT_PORT) (SQLite, analytics off; its UI calls this port's API); leave it running
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false \
-	  .venv/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	  PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	  PREFECT_UI_URL=$(PREFECT_URL) PREFECT_SERVER_UI_API_URL=$(PREFECT_URL)/api \
+	  exec $(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 CRON ?= 0 3 * * *
-serve:  ## serve the prepare flow on a schedule against `make server`: make serve DATASET=rafdb ROOT=... CRON="0 3 * * *"
-	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(PY) -m flows serve --dataset $(DATASET) \
-	  $(if $(ROOT),--root $(ROOT)) $(if $(CONFIG),--config $(CONFIG)) --cron "$(CRON)" $(ARGS)
+INTERVAL ?=
+serve:  ## serve the prepare flow on a schedule against `make server`: make serve DATASET=rafdb ROOT=... CRON="0 3 * * *" (or INTERVAL=3600)
+	PREFECT_API_URL=$(PREFECT_URL)/api PREFECT_UI_URL=$(PREFECT_URL) exec $(PY) -m flows serve --dataset $(DATASET) \
+	  $(if $(ROOT),--root $(ROOT)) $(if $(CONFIG),--config $(CONFIG)) \
+	  $(if $(INTERVAL),--interval $(INTERVAL),--cron "$(CRON)") $(ARGS)
 
 train:  ## train on a prepared version: make train DATASET=synthetic METHOD=baseline NOISE=sym-0.30 [CONFIG=f.yaml] [ARGS="--epochs 2"]
 	$(PY) -m training.train --dataset $(DATASET) --method $(METHOD) --noise $(NOISE) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)

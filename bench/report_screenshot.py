@@ -3,6 +3,11 @@
     .venv/bin/python bench/report_screenshot.py                      # latest synthetic version
     .venv/bin/python bench/report_screenshot.py artifacts/synthetic/<version> --png /tmp/report.png
     .venv/bin/python bench/report_screenshot.py --scale 300000     # report time on random AffectNet-size tables
+    .venv/bin/python bench/report_screenshot.py --url http://127.0.0.1:4200/runs --png runs.png   # a live page
+
+`--url` screenshots a live page instead (e.g. the Prefect UI's flow-runs page of `make server`), giving its
+scripts `--wait-ms` of virtual time to fetch from the API first; tests/flows/test_schedule.py uses the same
+`screenshot` and `rendered_text` on the UI of the server it starts.
 
 Prints the time to build the report (wall and CPU: the machine is shared, so the load average is
 recorded too), its size and the screenshot path, and saves
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -71,17 +77,51 @@ def random_version(out: Path, n: int, seed: int = 0) -> Path:
     return out
 
 
-def screenshot(html: Path, png: Path, width: int, height: int) -> float:
-    """Headless chromium, offline flags, throwaway profile; returns seconds taken."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"     # Debian's package (`apt-get install chromium`)
+
+
+def _chromium(target: Path | str, action: list[str], width: int, height: int, wait_ms: int,
+              timeout_s: float) -> subprocess.CompletedProcess:
+    """Headless chromium, offline flags, throwaway profile, on a file (Path) or a URL (str)."""
+    uri = target.resolve().as_uri() if isinstance(target, Path) else target
     with tempfile.TemporaryDirectory() as profile:
-        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={width},{height}",
-                   "--hide-scrollbars", html.resolve().as_uri()]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, timeout=180)
-        return time.perf_counter() - start
+                   f"--user-data-dir={profile}", f"--window-size={width},{height}", "--hide-scrollbars",
+                   *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []), *action, uri]
+        return subprocess.run(command, check=True, capture_output=True, timeout=timeout_s)
+
+
+def screenshot(target: Path | str, png: Path, width: int, height: int, wait_ms: int = 0,
+               timeout_s: float = 180) -> float:
+    """Screenshot a page (an HTML file, or a URL whose scripts get `wait_ms` of virtual time); seconds taken."""
+    start = time.perf_counter()
+    _chromium(target, [f"--screenshot={png}"], width, height, wait_ms, timeout_s)
+    return time.perf_counter() - start
+
+
+def rendered_text(url: str, wait_ms: int = 15000, timeout_s: float = 120) -> str:
+    """The page's DOM after its scripts ran for `wait_ms` of virtual time, tags stripped."""
+    dom = _chromium(url, ["--dump-dom"], 1440, 900, wait_ms, timeout_s).stdout.decode(errors="replace")
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def shoot_url(url: str, png: Path, width: int, height: int, wait_ms: int) -> dict:
+    """Screenshot a live page; the result row for bench/results/report_screenshot.json."""
+    seconds = screenshot(url, png, width, height, wait_ms)
+    pixels = np.asarray(Image.open(png).convert("L"))
+    return {"machine": f"{platform.machine()} {os.cpu_count()}-core CPU, Python {platform.python_version()}",
+            "load_average_1min": os.getloadavg()[0], "url": url, "screenshot": str(png),
+            "screenshot_seconds": round(seconds, 3), "screenshot_pixel_std": round(float(pixels.std()), 2)}
+
+
+def _save(key: str, result: dict) -> None:
+    for name, value in result.items():
+        print(f"{name:22s} {value}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    saved[key] = result
+    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def main() -> None:
@@ -92,7 +132,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=9000)
     parser.add_argument("--scale", type=int, default=0, help="time the report on random tables of N samples")
+    parser.add_argument("--url", help="screenshot this live page instead of a report (e.g. the Prefect UI)")
+    parser.add_argument("--wait-ms", type=int, default=15000, help="virtual time a --url page's scripts get")
     args = parser.parse_args()
+    if args.url:
+        _save("url", shoot_url(args.url, args.png, args.width, args.height, args.wait_ms))
+        return
     scratch = tempfile.TemporaryDirectory() if args.scale else None
     if scratch:
         start = time.perf_counter()
@@ -113,12 +158,7 @@ def main() -> None:
         "build_seconds": round(build_seconds, 3), "build_cpu_seconds": round(build_cpu, 3), "screenshot_seconds": round(shot_seconds, 3),
         "screenshot": str(args.png), "screenshot_pixel_std": round(float(pixels.std()), 2),
     }
-    for key, value in result.items():
-        print(f"{key:22s} {value}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    saved["scale" if args.scale else "version"] = result
-    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+    _save("scale" if args.scale else "version", result)
     if scratch:
         scratch.cleanup()
 

@@ -9,9 +9,11 @@ decides where. With `runner: processes` (the default) and the thread task runner
 stage with at least `process_min_images` pending images hands its shard to one of `max_workers` worker
 processes (pipeline.mappers.WorkerPool) and waits: Prefect keeps the caching, retries and progress, the
 processes get past the GIL. Dask workers are processes already.
-"""
-from __future__ import annotations
 
+No `from __future__ import annotations` here: a served deployment's runner cloudpickles the flow into a
+freshly spawned process, where the flow function keeps only the globals its body names, so a string
+annotation (`"PrepareConfig"`) cannot be resolved there and parameter validation fails.
+"""
 import hashlib
 import logging
 from functools import partial

@@ -87,6 +87,32 @@ class ManifestWatch(threading.Thread):
             log.warning("%s changed but starting %s failed: %s", self.path, self.deployment, exc)
 
 
+def pipeline_logs_to_run(flow, flow_run, state) -> None:
+    """on_running hook of served runs: the pipeline's INFO records (the version id, what was computed) go
+    to the run's logs in the Prefect API and the served process's terminal.
+
+    A served run executes in a freshly spawned process where no handler of this project is set up: the
+    `pipeline` logger would fall back to the root logger's WARNING level and Prefect's handlers would
+    never see it. Same wiring as Prefect's PREFECT_LOGGING_EXTRA_LOGGERS (the `prefect.extra` handlers),
+    plus the INFO level.
+    """
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(logging.INFO)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+
+
+def served_flow(config: PrepareConfig):
+    """The prepare flow as a deployment serves it: the runner cloudpickles this object into each run's
+    freshly spawned process (tests/flows/test_schedule.py validates parameters there the same way)."""
+    from flows.prepare import prepare_flow
+    from flows.runtime import make_task_runner
+
+    return prepare_flow.with_options(task_runner=make_task_runner(config.max_workers),
+                                     on_running=[pipeline_logs_to_run])
+
+
 def deployment_name(config: PrepareConfig, name: str | None = None) -> str:
     """The deployment's name: `name`, or `prepare-<dataset>` (full name `prepare/prepare-<dataset>`)."""
     return name or f"prepare-{config.dataset}"
@@ -121,14 +147,13 @@ def serve_prepare(config: PrepareConfig, name: str | None = None, cron: str | No
         raise ConfigError(f"watched path {watch} does not exist; give the dataset's label file or folder")
     if watch_every_s <= 0:
         raise ConfigError(f"watch_every_s must be a positive number of seconds, got {watch_every_s!r}")
-    from flows.prepare import prepare_flow
-    from flows.runtime import configure_prefect, make_task_runner
+    from flows.runtime import configure_prefect
     from pipeline.config import resolve_stage_configs
     from pipeline.contract.lock import artifacts_root
 
     resolve_stage_configs(config)            # a bad option fails here, not at the first scheduled run
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")   # inherited by the run processes
-    flow = prepare_flow.with_options(task_runner=make_task_runner(config.max_workers))
+    flow = served_flow(config)
     deployment = deployment_name(config, name)
     log.info("serving deployment prepare/%s (cron=%s, interval=%s, watch=%s) against %s", deployment, cron,
              interval, watch, os.environ["PREFECT_API_URL"])

@@ -24,7 +24,10 @@ How a command is run
   PREFECT_API_URL is set (each flow starts its own temporary server, as for a new user). Rewrites, in
   this order (REWRITES documents each):
     1. `[--opt VALUE]` (optional parts in help synopses) are dropped;
-    2. placeholders: `<run-id>` becomes the newest finished run of the command's method and noise,
+    2. placeholders: `<run-id>` becomes the newest finished run of the command's method and noise (when
+       the commands before it left none, e.g. under `-m slow`, the test first trains one:
+       `python -m training.train --dataset synthetic --method M --noise N --config
+       training/configs/quickstart.yaml`, shrunk as in 4),
        `<id>`/`<version>` the newest prepared synthetic version;
     3. `/tmp/...` paths move into the sandbox;
     4. long commands shrink by appending (a later value wins): a synthetic prepare gets
@@ -221,13 +224,21 @@ def newest_run(runs: Path, method: str, noise: str) -> str | None:
     return max(finished, key=lambda d: d.stat().st_mtime).name if finished else None
 
 
+def resumed_run(command: str) -> tuple[str, str] | None:
+    """(method, noise) of the finished run a `<run-id>` placeholder stands for; None without one."""
+    if "<run-id>" not in command:
+        return None
+    words = shlex.split(split_comment(command)[0])
+    method = words[words.index("--method") + 1] if "--method" in words else "baseline"
+    noise = words[words.index("--noise") + 1] if "--noise" in words else "clean"
+    return method, noise
+
+
 def substitute(command: str, sandbox: Path, version: str | None) -> str:
     """Steps 1-3 of the module docstring."""
     text = re.sub(r"\s*\[--[^\]]*\]", "", command)
     if "<run-id>" in text:
-        words = shlex.split(split_comment(text)[0])
-        method = words[words.index("--method") + 1] if "--method" in words else "baseline"
-        noise = words[words.index("--noise") + 1] if "--noise" in words else "clean"
+        method, noise = resumed_run(text)
         run = newest_run(sandbox / "runs", method, noise)
         if run is None:
             raise LookupError(f"no finished {method}/{noise} run in {sandbox / 'runs'} for <run-id>")

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .readme_commands import (HELP_COMMANDS, ROOT, SHELL_LANGS, SMALL_N, Command, help_examples, read_blocks,
-                              readme_commands, rewrite, shell_lines, skip_reason, split_comment, unmarked_blocks)
+from .readme_commands import (HELP_COMMANDS, ROOT, SHELL_LANGS, SMALL_N, Command, help_examples, newest_run,
+                              read_blocks, readme_commands, resumed_run, rewrite, shell_lines, skip_reason,
+                              split_comment, unmarked_blocks)
 
 NOT_LINKED = {"artifacts", "runs", "data_manifests", ".git", ".pytest_cache", "__pycache__"}
 TIMEOUT_S = 420
@@ -124,6 +125,21 @@ def _run_python_block(command: Command, box: Sandbox, monkeypatch) -> None:
         assert int(namespace["flips"]["n"].sum()) == int(namespace["labels"]["flipped"].sum()) > 0
 
 
+def _train_the_run_it_resumes(command: Command, box: Sandbox) -> None:
+    """A `--resume runs/<run-id>` example needs a finished run of its method and noise. The README commands
+    before it leave one when they run; under `-m slow` they are deselected, so train it here with the quickstart
+    recipe, as the README's `make train` does (1 epoch)."""
+    target = resumed_run(command.text)
+    if target is None or newest_run(box.root / "runs", *target) is not None:
+        return
+    method, noise = target
+    train = Command(f"python -m training.train --dataset synthetic --method {method} --noise {noise} "
+                    f"--config training/configs/quickstart.yaml",
+                    f"{command.origin} (the run `{command.text}` resumes)")
+    done = box.run(train)
+    assert done.returncode == 0, _failure(train, box, done)
+
+
 @pytest.mark.parametrize("help_command", [pytest.param(h, marks=[pytest.mark.slow] if h in SLOW_HELP else [])
                                           for h in HELP_COMMANDS])
 def test_help_examples(help_command: str, sandbox: Sandbox):
@@ -135,6 +151,7 @@ def test_help_examples(help_command: str, sandbox: Sandbox):
     skipped = [f"`{c.text}`: {c.skip}" for c in examples if c.skip]
     failures = []
     for command in runnable:
+        _train_the_run_it_resumes(command, sandbox)
         done = sandbox.run(command)
         if done.returncode != 0:
             failures.append(_failure(command, sandbox, done))

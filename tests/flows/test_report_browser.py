@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from bench.report_screenshot import CHROMIUM, screenshot
 from pipeline.contract.classes import CLASSES_7
 from pipeline.contract.crops import create_crop_store, write_valid_mask
 from pipeline.contract.graphs import write_graph
@@ -26,7 +26,6 @@ from pipeline.stages.graphs import GraphConfig, build_space_graph
 from pipeline.stages.noise import write_variant_set
 from pipeline.synthetic.generator import SyntheticConfig, generate_sample, split_of
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="chromium is not installed (apt-get install chromium)")]
 N, K, SIZE = 56, 4, 256
@@ -71,21 +70,12 @@ def _synthetic_version(out: Path) -> None:
         write_graph(out / "graphs" / f"{space}.parquet", graph, metadata)
 
 
-def screenshot(html: Path, png: Path, profile: Path, width: int = 1280, height: int = 4000) -> None:
-    """Render `html` with headless chromium into `png` (offline: no network, no first-run work)."""
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={width},{height}",
-               "--hide-scrollbars", html.resolve().as_uri()]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-
 def test_report_renders_in_headless_chromium(tmp_path):
     version = tmp_path / "synthetic" / "vbrowser"
     _synthetic_version(version)
     report = build_report(version, {"seconds": {"total": 1.0}})
     png = tmp_path / "report.png"
-    screenshot(report, png, tmp_path / "profile")
+    screenshot(report, png, 1280, 4000, timeout_s=120)
     picture = np.asarray(Image.open(png).convert("RGB"))                     # [H, W, 3]
     assert picture.shape[:2] == (4000, 1280)
     assert picture.std() > 20                                              # a real page, not blank
