@@ -47,7 +47,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_prepare.json"
 AFFECTNET_TRAIN_SHARE = 287_651 / (287_651 + 4_000)       # AffectNet manually annotated: train / validation
 PER_IMAGE_STAGES = ("faces", "landmarks", "action_units")
 STAGE_OF_TASK = {"sources": "sources", "faces-shard": "faces", "landmarks-shard": "landmarks",
-                 "action-units-shard": "action_units", "graph": "graphs", "noise": "noise", "report": "report"}
+                 "action_units-shard": "action_units", "graph": "graphs", "noise": "noise", "report": "report"}
 KNN_BACKENDS = {"pynndescent": {"backend": "pynndescent"}, "faiss-ivf": {"backend": "faiss", "faiss_index": "ivf"}}
 
 
@@ -133,8 +133,8 @@ def run_flow(overrides: list[str]) -> dict:
     spans = stage_spans(state.state_details.flow_run_id)
     flow_seconds = summary.get("seconds", {})
     inside = sum(spans.get(s, {}).get("seconds", 0.0) for s in PER_IMAGE_STAGES)
-    if "per_image" in flow_seconds:
-        spans["assemble"] = {"seconds": max(0.0, flow_seconds["per_image"] - inside)}
+    if all(s in flow_seconds for s in PER_IMAGE_STAGES):       # each stage's seconds: its shards and assembly
+        spans["assemble"] = {"seconds": max(0.0, sum(flow_seconds[s] for s in PER_IMAGE_STAGES) - inside)}
     return {"overrides": overrides, "wall_seconds": seconds, "version": summary["version"],
             "computed": summary.get("computed"), "flow_seconds": flow_seconds, "stages": spans,
             "reused": bool(summary.get("reused")), "load_before": load_before, "load_after": load(),

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
-STAGES = ("faces", "landmarks", "action units")
+STAGES = ("faces", "landmarks", "action_units")
 TARGET_N = 300_000
 NOISE_300K_S = 4.1      # 31 noisy-label variants of 300K rows, measured (bench/results/bench_prepare.json)
 

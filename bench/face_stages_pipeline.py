@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import images
-from pipeline.mappers import warm_backends
+from pipeline.mappers import warm_stages
 from pipeline.stages import action_units, faces, landmarks
+from pipeline.stages.base import registered
 
 
 def _pipeline_pass(mapper, root: Path, table: pa.Table, align_config: faces.AlignConfig, work_dir: Path,
@@ -29,27 +30,21 @@ def _pipeline_pass(mapper, root: Path, table: pa.Table, align_config: faces.Alig
     from pipeline.store.parts import PartStore
 
     keys = [f"{work_dir.name}-{i}" for i in range(table.num_rows)]
-    dirs = {stage: work_dir / stage for stage in ("faces", "landmarks", "action_units")}
-    lm_config, au_config = landmarks.LandmarkConfig(), action_units.AUConfig()
-    seconds = {}
-    start = time.perf_counter()
-    shards = assemble.pending_shards(PartStore(dirs["faces"]), table, keys, shard)
-    prepare.run_stage("faces", partial(prepare.faces_shard, image_root=root, config=align_config,
-                                       store_dir=dirs["faces"]), shards, dirs["faces"], mapper, progress=False)
-    seconds["faces"] = time.perf_counter() - start
-    rows, _ = PartStore(dirs["faces"]).gather(keys, ["status"])
-    ok = {k for k, status in zip(rows.column("key").to_pylist(), rows.column("status").to_pylist())
-          if status in faces.USABLE_STATUSES}
-    usable = np.array([k in ok for k in keys])
-    for stage, work in (("landmarks", partial(prepare.landmarks_shard, faces_dir=dirs["faces"], config=lm_config,
-                                              store_dir=dirs["landmarks"])),
-                        ("action_units", partial(prepare.action_units_shard, faces_dir=dirs["faces"],
-                                                 landmarks_dir=dirs["landmarks"], config=au_config,
-                                                 store_dir=dirs["action_units"]))):
+    configs = {"faces": align_config, "landmarks": landmarks.LandmarkConfig(), "action_units": action_units.AUConfig()}
+    dirs = {stage: work_dir / stage for stage in configs}
+    seconds, usable = {}, None
+    for stage in (s for s in registered() if s.per_image):
         start = time.perf_counter()
-        shards = assemble.pending_shards(PartStore(dirs[stage]), table, keys, shard, only=usable)
-        prepare.run_stage(stage, work, shards, dirs[stage], mapper, progress=False)
-        seconds[stage] = time.perf_counter() - start
+        work = partial(prepare.shard_work, part=stage.part, config=configs[stage.name], store_dir=dirs[stage.name],
+                       upstream={name: dirs[name] for name in stage.reads}, image_root=root)
+        shards = assemble.pending_shards(PartStore(dirs[stage.name]), table, keys, shard, only=usable)
+        prepare.run_stage(stage.name, work, shards, dirs[stage.name], mapper, progress=False)
+        seconds[stage.name] = time.perf_counter() - start
+        if stage.name == "faces":
+            rows, _ = PartStore(dirs["faces"]).gather(keys, ["status"])
+            ok = {k for k, status in zip(rows.column("key").to_pylist(), rows.column("status").to_pylist())
+                  if status in faces.USABLE_STATUSES}
+            usable = np.array([k in ok for k in keys])
     seconds["total"] = sum(seconds.values())
     return seconds
 
@@ -66,16 +61,17 @@ def pipeline_rates(root: Path, table: pa.Table, align_config: faces.AlignConfig,
 
     from pipeline.prepare import ProcessMapper, ShardMapper, ThreadMapper
 
-    stages = SimpleNamespace(align=align_config, landmarks=landmarks.LandmarkConfig(),
-                             action_units=action_units.AUConfig())
-    warm_backends(stages.align, stages.landmarks, stages.action_units)
+    checks = ((faces.check_backend, align_config), (landmarks.check_backend, landmarks.LandmarkConfig()),
+              (action_units.check_backend, action_units.AUConfig()))
+    stages = SimpleNamespace(warm_checks=lambda: checks)
+    warm_stages(checks)
     out, n = {}, table.num_rows
     for name, mapper in (("serial", ShardMapper()), ("threads-2", ThreadMapper(2)), ("processes-2", ProcessMapper(2))):
         mapper.start(stages)
         with tempfile.TemporaryDirectory(dir=work_root) as tmp:
             started = time.perf_counter()
-            if getattr(mapper, "pool", None) is not None:
-                mapper.pool.start()
+            if getattr(mapper, "policy", None) is not None and mapper.policy.pool is not None:
+                mapper.policy.pool.start()
             startup = time.perf_counter() - started
             _pipeline_pass(mapper, root, table.slice(0, 2 * shard), align_config, Path(tmp) / "warm", shard)
             runs = [_pipeline_pass(mapper, root, table, align_config, Path(tmp) / f"run{r}", shard) for r in range(repeat)]

@@ -4,8 +4,8 @@ Thin by design: the stage order, pending shards, assembly and lock all live in `
 module only gives it a `PrefectMapper`. Per-image stages run as one task per shard (`shard_size` images)
 with retries on I/O errors (never on a configuration or data error: a retry would give the same answer),
 Prefect caching keyed on the store fingerprint and the shard's keys, and a progress artefact per stage.
-Graphs and noise run as concurrent tasks; the task runner (threads, a Dask LocalCluster, a Dask cluster)
-decides where. With `runner: processes` (the default) and the thread task runner, each shard task of a
+Global stages that read nothing of each other run as concurrent tasks, one per call (pipeline.stages.base:
+`steps`); the task runner (threads, a Dask LocalCluster, a Dask cluster) decides where. With `runner: processes` (the default) and the thread task runner, each shard task of a
 stage with at least `process_min_images` pending images hands its shard to one of `max_workers` worker
 processes (pipeline.mappers.WorkerPool) and waits: Prefect keeps the caching, retries and progress, the
 processes get past the GIL. Dask workers are processes already.
@@ -26,6 +26,7 @@ from prefect.futures import as_completed
 
 from pipeline import prepare
 from pipeline.config import PrepareConfig
+from pipeline.mappers import ProcessPolicy, ShardMapper
 from pipeline.contract.errors import FerError
 
 log = logging.getLogger(__name__)
@@ -71,33 +72,27 @@ def _task_name(stage: str) -> str:
     return stage.replace(" ", "-")
 
 
-class PrefectMapper(prepare.ShardMapper):
-    """One Prefect task per shard (cached, retried, counted in a progress artefact) on the flow's task runner."""
+class PrefectMapper(ShardMapper):
+    """One Prefect task per shard (cached, retried, counted in a progress artefact) on the flow's task runner;
+    worker processes as pipeline.mappers.ProcessPolicy says, the same policy as the plain runner's."""
 
     name = "prefect"
 
     def __init__(self, processes: int = 0, min_images: int = 0):
-        self.processes, self.min_images, self.pool = processes, min_images, None
+        self.policy = ProcessPolicy(processes, min_images)
 
     def start(self, stages):
-        from pipeline.mappers import WorkerPool, warm_backends
-
-        if self.processes > 1 and self.pool is None:
-            self.pool = WorkerPool(self.processes, warm=partial(warm_backends, stages.align, stages.landmarks,
-                                                                stages.action_units))
+        self.policy.start(stages)
 
     def close(self):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        self.policy.close()
 
     def map_shards(self, stage, work, shards, store_dir, refresh=False):
         if not shards:
             return
-        if self.pool is not None and len(shards) > 1 and (self.pool.running or
-                                                          sum(s.num_rows for s in shards) >= self.min_images):
-            self.pool.start()                  # from the flow's thread: workers live as long as it does
-            work = partial(self.pool.run, work, stage=stage)
+        if self.policy.wants_pool(shards):
+            self.policy.pool.start()           # from the flow's thread: workers live as long as it does
+            work = partial(self.policy.pool.run, work, stage=stage)
         runner = shard_task.with_options(name=f"{_task_name(stage)}-shard", refresh_cache=refresh or None)
         total = sum(s.num_rows for s in shards)
         artifact = create_progress_artifact(progress=0.0,
@@ -127,7 +122,8 @@ def prepare_flow(config: PrepareConfig, processes: bool = True) -> dict:
     `processes`: shards in worker processes when `config.runner` is processes (False under Dask).
     """
     workers = config.max_workers if processes and config.runner == "processes" else 0
-    return prepare.run_prepare(config, PrefectMapper(workers, config.process_min_images), progress=True)
+    mapper = PrefectMapper(workers, config.process_min_images)
+    return prepare.run_prepare(config, mapper, progress=True)
 
 
 def run_prepare(config: PrepareConfig, dask_address: str | None = None, dask_workers: int = 0) -> dict:
@@ -140,14 +136,13 @@ def run_prepare(config: PrepareConfig, dask_address: str | None = None, dask_wor
     from flows.runtime import configure_prefect, make_task_runner, run_record, temporary_api
     from pipeline.config import check_backends, check_dataset_root, resolve_stage_configs
     from pipeline.contract.lock import artifacts_root
-    from pipeline.store.runlock import exclusive_prepare, lock_path
+    from pipeline.store.prepare_lock import PrepareLock
 
     stages = resolve_stage_configs(config)                # a bad option fails here, before Prefect starts
     check_dataset_root(config, stages)
     check_backends(stages)
     if not config.lock_wait_s:                            # another prepare running: refuse before Prefect starts
-        path = lock_path(artifacts_root(), stages.spec.name)
-        with exclusive_prepare(path, f"{stages.spec.name!r} into {path.parent.parent}"):
+        with PrepareLock(artifacts_root(), stages.spec.name):
             pass
     configure_prefect(results_dir=artifacts_root() / "_prefect-results")
     runner = make_task_runner(config.max_workers, dask_address, dask_workers)

@@ -3,9 +3,9 @@
 Layers (pipeline.contract.config.build_config, the one builder, shared with the trainer): dataclass defaults
 < a YAML file (`--config`) < `--set section.key=value` (and the CLI's shortcut flags, PREPARE_ALIASES in
 flows/__main__.py) < explicit keyword fields. Numeric keys carry declared ranges (`bounded`).
-Sections (`align`, `landmarks`, `graphs`, ...) hold only the keys a user set; `resolve_stage_configs` lays them
-over each stage's config dataclass, coerces every value to its field's type and validates it, so a wrong
-option fails before any work.
+A stage's section (`align`, `landmarks`, `graphs`, ...) holds only the keys a user set; `resolve_stage_configs`
+lays each over its registered stage's config (pipeline.stages.base), coercing every value to its field's
+type and validating it, so a wrong option fails before any work.
 """
 from __future__ import annotations
 
@@ -14,14 +14,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.contract.config import build_config, build_dataclass, coerce
+from pipeline.contract.config import build_config, build_dataclass
 from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.contract.ranges import SEED_MAX, bounded
 from pipeline.specs import DatasetSpec, load_spec, resolve_root
 
-DEFAULT_DETECTOR = {"detect": "dlib", "given": "given", "prealigned": "prealigned"}
-DEFAULT_SPACES = ("au", "landmarks", "va")
-RUNNERS = ("serial", "threads", "processes")   # pipeline.prepare.make_mapper builds each
+RUNNERS = ("serial", "threads", "processes")   # pipeline.mappers.make_mapper builds each
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,13 @@ class PrepareConfig:
     max_workers: int = bounded(2, 1, 1024)       # bounded concurrency of shard tasks
     runner: str = "processes"               # where shards run: serial | threads | processes (pipeline.prepare)
     process_min_images: int = bounded(2000, 0, 10**9)   # processes: a stage with fewer pending images runs on threads
-    align: dict = field(default_factory=dict)         # pipeline.stages.faces.AlignConfig fields
-    landmarks: dict = field(default_factory=dict)     # pipeline.stages.landmarks.LandmarkConfig fields
-    action_units: dict = field(default_factory=dict)  # pipeline.stages.action_units.AUConfig fields
-    graphs: dict = field(default_factory=dict)        # pipeline.stages.graphs.GraphConfig fields + spaces
-    noise: dict = field(default_factory=dict)         # pipeline.stages.noise config fields (variants, ...)
-    pseudo_va: dict = field(default_factory=dict)     # pipeline.stages.pseudo_va.PseudoVAConfig fields (checkpoint)
+    # the stages' config sections (each stage's config dataclass: pipeline/stages/<stage>.py)
+    align: dict = field(default_factory=dict)
+    landmarks: dict = field(default_factory=dict)
+    action_units: dict = field(default_factory=dict)
+    graphs: dict = field(default_factory=dict)
+    noise: dict = field(default_factory=dict)
+    pseudo_va: dict = field(default_factory=dict)
     report: bool = True
     seed: int = bounded(0, 0, SEED_MAX)
     lock_wait_s: float = bounded(0.0, 0, 7 * 86400)   # wait for another prepare of the dataset; 0: refuse at once
@@ -61,55 +60,32 @@ def load_prepare_config(path: str | Path | None = None, overrides: list[str] = (
 
 @dataclass(frozen=True)
 class StageConfigs:
-    """The frozen stage configurations a PrepareConfig resolves to for one dataset spec."""
+    """The frozen configs a PrepareConfig resolves to for one dataset spec: one per registered stage.
+
+    `stages.align`, `stages.graphs`, ...: a stage's config by its config section's name.
+    """
 
     spec: DatasetSpec
-    align: object
-    landmarks: object
-    action_units: object
-    graphs: object
-    spaces: tuple[str, ...]
-    noise: tuple[str, ...]      # noisy-label variant names
+    configs: dict                                # stage name -> resolved config
+    stages: tuple = ()                           # every registered Stage, in pipeline order
     source: dict = field(default_factory=dict)   # adapter options, coerced to their types
-    pseudo_va: object = None    # pipeline.stages.pseudo_va.PseudoVAConfig (runs when its checkpoint is set)
 
+    @property
+    def enabled(self) -> tuple:
+        """The stages that run for these configs, in pipeline order."""
+        return tuple(stage for stage in self.stages if stage.enabled(self.configs[stage.name]))
 
-def _graph_config(fields: dict):
-    """graphs section: KnnConfig fields (k, backend, metric, ...) and GraphConfig fields, plus `spaces`."""
-    from pipeline.knn import KnnConfig
-    from pipeline.stages.graphs import DEFAULT_SIGMA, GraphConfig
+    def warm_checks(self) -> tuple:
+        """(check, config) of every enabled per-image stage: what a worker process runs once at start."""
+        return tuple((s.check, self.configs[s.name]) for s in self.enabled if s.per_image and s.check)
 
-    from pipeline.contract.graphs import check_space_name
-
-    spaces = tuple(check_space_name(s) for s in coerce(fields.pop("spaces", DEFAULT_SPACES), tuple[str, ...],
-                                                         "graphs.spaces"))
-    knn_names = {f.name for f in dataclasses.fields(KnnConfig)}
-    graph_names = {f.name for f in dataclasses.fields(GraphConfig)} - {"knn"}
-    unknown = sorted(set(fields) - knn_names - graph_names)
-    if unknown:
-        raise ConfigError(choices_message("config key in graphs", unknown[0], sorted(knn_names | graph_names)))
-    knn = build_dataclass(KnnConfig, {k: v for k, v in fields.items() if k in knn_names}, "graphs")
-    rest = {k: v for k, v in fields.items() if k in graph_names}
-    if "sigma" in rest:
-        if not isinstance(rest["sigma"], dict):
-            raise ConfigError(f"config key 'graphs.sigma': give a mapping of space to sigma, got {rest['sigma']!r}")
-        rest["sigma"] = {**DEFAULT_SIGMA, **rest["sigma"]}
-    return build_dataclass(GraphConfig, {**rest, "knn": knn}, "graphs"), spaces
-
-
-def _noise_variants(fields: dict) -> tuple[str, ...]:
-    """noise section: an explicit `variants` list, or NoiseConfig fields (kinds x rates x seeds)."""
-    from pipeline.stages.noise import NoiseConfig, parse_variant, variant_names
-
-    if "variants" in fields:
-        names = list(coerce(fields.pop("variants"), tuple[str, ...], "noise.variants"))
-        if fields:
-            raise ConfigError(f"noise: give either variants or {sorted(fields)}, not both")
-        if "clean" not in names:
-            names.insert(0, "clean")
-    else:
-        names = variant_names(build_dataclass(NoiseConfig, fields, "noise"))
-    return tuple(parse_variant(n).name for n in names)
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("spec", "configs", "stages", "source"):
+            raise AttributeError(name)
+        for stage in self.stages:
+            if stage.config_section == name:
+                return self.configs[stage.name]
+        raise AttributeError(f"no stage has the config section {name!r}")
 
 
 def _source_options(spec: DatasetSpec, options: dict) -> dict:
@@ -129,23 +105,24 @@ def _source_options(spec: DatasetSpec, options: dict) -> dict:
 
 
 def resolve_stage_configs(config: PrepareConfig) -> StageConfigs:
-    """Build and validate every stage's config at once, so a bad option fails before any work."""
-    from pipeline.stages.action_units import AUConfig
-    from pipeline.stages.faces import AlignConfig
-    from pipeline.stages.landmarks import LandmarkConfig
+    """Build and validate every registered stage's config at once, so a bad option fails before any work.
+
+    A stage reads its section of the config (`align`, `graphs`, ...; a section PrepareConfig does not
+    have gives the stage its defaults) through its `resolve`, else its config dataclass.
+    """
+    from pipeline.stages.base import registered
 
     overrides = {"num_classes": config.num_classes} if config.num_classes else None
     spec = load_spec(config.dataset, overrides=overrides)
-    align = build_dataclass(AlignConfig, {"detector": DEFAULT_DETECTOR[spec.alignment], **config.align}, "align")
-    landmarks = build_dataclass(LandmarkConfig, config.landmarks, "landmarks")
-    action_units = build_dataclass(AUConfig, config.action_units, "action_units")
-    graphs, spaces = _graph_config(dict(config.graphs))
-    noise = _noise_variants(dict(config.noise))
-    source = _source_options(spec, dict(config.source))
-    from pipeline.stages.pseudo_va import PseudoVAConfig
-
-    pseudo_va = build_dataclass(PseudoVAConfig, config.pseudo_va, "pseudo_va")
-    return StageConfigs(spec, align, landmarks, action_units, graphs, spaces, noise, source, pseudo_va)
+    stages = registered()
+    configs = {}
+    for stage in stages:
+        fields = dict(getattr(config, stage.config_section, None) or {})
+        if stage.resolve is not None:
+            configs[stage.name] = stage.resolve(fields, spec)
+        else:
+            configs[stage.name] = build_dataclass(stage.config, fields, stage.config_section)
+    return StageConfigs(spec, configs, stages, _source_options(spec, dict(config.source)))
 
 
 def check_dataset_root(config: PrepareConfig, stages: StageConfigs) -> None:
@@ -156,11 +133,7 @@ def check_dataset_root(config: PrepareConfig, stages: StageConfigs) -> None:
 
 
 def check_backends(stages: StageConfigs) -> None:
-    """Every per-image stage's `check_backend`: a missing checkpoint or binary fails before any image is read."""
-    from pipeline.stages import action_units, faces, landmarks, pseudo_va
-
-    faces.check_backend(stages.align)
-    landmarks.check_backend(stages.landmarks)
-    action_units.check_backend(stages.action_units)
-    if stages.pseudo_va is not None:
-        pseudo_va.check_backend(stages.pseudo_va)
+    """Every enabled stage's backend check: a missing checkpoint or binary fails before any image is read."""
+    for stage in stages.enabled:
+        if stage.check is not None:
+            stage.check(stages.configs[stage.name])

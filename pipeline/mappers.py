@@ -1,4 +1,9 @@
-"""Shard work in worker processes: `WorkerPool` and the `ProcessMapper` that runs a prepare's shards on it.
+"""How a prepare's work runs: the shard mappers (serial, threads, worker processes), the one worker-pool
+policy they and the Prefect flow's mapper share (`ProcessPolicy`), and the `WorkerPool` itself.
+
+A mapper maps one stage's shard function over its shards. `ShardMapper` runs them one after another,
+`ThreadMapper(n)` on n threads, `ProcessMapper(n)` in n worker processes; `make_mapper(config)` builds
+the one `config.runner` names. `flows/prepare.py` adds a Prefect-task mapper on the same `ProcessPolicy`.
 
 Threads are bound by the GIL on the per-image stages (dlib's shape predictor and most of the glue hold
 it: bench/results/bench_face_stages.json, "gil"), so `runner: processes` (the default) runs each shard in
@@ -9,7 +14,7 @@ one of `max_workers` worker processes. How:
 - Each worker's initializer limits OpenCV, BLAS/OpenMP (threadpoolctl) and torch to one thread (the
   workers are the parallelism), ignores Ctrl-C (the parent stops the pool), asks the kernel to kill it
   when the parent dies (a `kill -9` of the run leaves no worker writing parts behind it), forwards its
-  log records to the parent's logging, and loads the stages' models once (`warm_backends`).
+  log records to the parent's logging, and loads the stages' models once (`warm_stages`).
 - A worker runs a whole shard and writes its part through the part store itself (atomic rename, named by
   the shard's keys), so what the parent receives is an image count; a killed run resumes shard by shard
   exactly as a serial one. The parts hold the same bytes as a serial run's: the backends are deterministic
@@ -20,8 +25,13 @@ one of `max_workers` worker processes. How:
   log at INFO (the log file, not the terminal). A worker that dies (out of memory, a crash in C code)
   fails the stage with an ArtifactError saying that finished shards are kept.
 
-A stage with fewer than two pending shards, or a pool of one worker, runs in this process: a process
-pool gives such a stage nothing but start-up time.
+The policy (`ProcessPolicy`): workers are started once a run's options passed their checks, each loading
+the per-image stages' models (every registered per-image stage's backend check, `warm_stages`); a stage
+with fewer than two pending shards, or a pool of one worker, runs in this process (a process pool gives
+it nothing but start-up time); a stage with fewer than `process_min_images` pending images runs on
+threads while the workers are not running yet (starting them costs 1.3-2.5 s here, and they gain ~2 ms
+per image over threads on the given-box path: bench/results/bench_face_stages.md); the pool is closed
+when the run ends, however it ends.
 """
 from __future__ import annotations
 
@@ -33,10 +43,12 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -125,15 +137,10 @@ def _started() -> int:
     return os.getpid()
 
 
-def warm_backends(align, landmarks, action_units) -> None:
-    """Load the per-image stages' models in this process (the stages' own up-front checks)."""
-    from pipeline.stages import action_units as au_stage
-    from pipeline.stages import faces
-    from pipeline.stages import landmarks as lm_stage
-
-    faces.check_backend(align)
-    lm_stage.check_backend(landmarks)
-    au_stage.check_backend(action_units)
+def warm_stages(checks: tuple[tuple[Callable[[object], None], object], ...]) -> None:
+    """Load the per-image stages' models in this process: each stage's own up-front check on its config."""
+    for check, config in checks:
+        check(config)
 
 
 # --- in the parent -------------------------------------------------------------------------------------
@@ -266,3 +273,120 @@ def map_on_pool(pool: WorkerPool, stage: str, work, shards: list[pa.Table]):
         pool.close(cancel=True)
         raise
 
+
+
+# --- the one pool policy and the mappers on it ----------------------------------------------------------
+
+ShardWork = Callable[[pa.Table], int]
+
+
+class ProcessPolicy:
+    """When shards go to worker processes (see the module docstring): start, use, close."""
+
+    def __init__(self, workers: int = 2, min_images: int = 0, start_method: str = "spawn") -> None:
+        self.workers, self.min_images, self.start_method = max(1, int(workers)), min_images, start_method
+        self.pool: WorkerPool | None = None
+
+    def start(self, stages) -> None:
+        """Make the pool (not its processes yet) once options and backends passed their checks."""
+        if self.pool is None and self.workers > 1:
+            self.pool = WorkerPool(self.workers, self.start_method, partial(warm_stages, stages.warm_checks()))
+
+    def wants_pool(self, shards: list[pa.Table]) -> bool:
+        """Whether this stage's shards go to the workers."""
+        if self.pool is None or len(shards) < 2:
+            return False
+        return self.pool.running or sum(s.num_rows for s in shards) >= self.min_images
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+class ShardMapper:
+    """Runs a prepare's work: shard functions over shards, independent calls, and single steps. Serial."""
+
+    name = "serial"
+
+    def map_shards(self, stage: str, work: ShardWork, shards: list[pa.Table], store_dir: Path,
+                   refresh: bool = False) -> Iterator[int]:
+        """Run `work` on every shard; yield each shard's image count as it finishes (any order).
+
+        `refresh`: the shards' parts were expected in `store_dir` but are missing, so any cache a mapper
+        keeps for them is stale.
+        """
+        for shard in shards:
+            yield work(shard)
+
+    def run_calls(self, stage: str, calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+        """Independent calls of one stage (a graph per space, the noise variants): their results by name."""
+        return {name: call() for name, call in calls.items()}
+
+    def call(self, stage: str, function: Callable[[], object]) -> object:
+        """One step in this process (sources, report)."""
+        return function()
+
+    def start(self, stages) -> None:
+        """Called once a run's options and backends have passed their checks, before any shard."""
+
+    def close(self) -> None:
+        """Called when the run ends, however it ends: release workers."""
+
+
+class ThreadMapper(ShardMapper):
+    """Shards and independent calls on `max_workers` threads of this process."""
+
+    name = "threads"
+
+    def __init__(self, max_workers: int = 2):
+        self.max_workers = max(1, int(max_workers))
+
+    def map_shards(self, stage, work, shards, store_dir, refresh=False):
+        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"prepare-{stage}")
+        try:
+            for future in as_completed([pool.submit(work, shard) for shard in shards]):
+                yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_calls(self, stage, calls):
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"prepare-{stage}") as pool:
+            futures = {name: pool.submit(call) for name, call in calls.items()}
+            return {name: future.result() for name, future in futures.items()}
+
+
+class ProcessMapper(ThreadMapper):
+    """Shards in `max_workers` spawned worker processes as `ProcessPolicy` says (else threads, or serial
+    for a single shard); independent calls (graphs, noise) on threads of this process, as ThreadMapper."""
+
+    name = "processes"
+
+    def __init__(self, max_workers: int = 2, start_method: str = "spawn", min_images: int = 0):
+        super().__init__(max_workers)
+        self.policy = ProcessPolicy(max_workers, min_images, start_method)
+
+    @property
+    def min_images(self) -> int:
+        return self.policy.min_images
+
+    def start(self, stages):
+        self.policy.start(stages)
+
+    def map_shards(self, stage, work, shards, store_dir, refresh=False):
+        if self.policy.wants_pool(shards):
+            yield from map_on_pool(self.policy.pool, stage, work, shards)
+        elif len(shards) < 2 or self.policy.pool is None:
+            yield from ShardMapper.map_shards(self, stage, work, shards, store_dir, refresh)
+        else:
+            yield from ThreadMapper.map_shards(self, stage, work, shards, store_dir, refresh)
+
+    def close(self):
+        self.policy.close()
+
+
+def make_mapper(config) -> ShardMapper:
+    """The mapper `config.runner` names (serial | threads | processes), with `config.max_workers` workers."""
+    if config.runner == "processes":
+        return ProcessMapper(config.max_workers, min_images=config.process_min_images)
+    return ThreadMapper(config.max_workers) if config.runner == "threads" else ShardMapper()

@@ -2,7 +2,7 @@
 
 `verify_version` re-reads every output of the version folder and every source file the lock names (the
 label files, and each image listed in samples.parquet under the image root) and compares content hashes
-and sizes with the lock. Paths in the lock are relative to the declared roots (pipeline.contract.lock),
+and sizes with the lock. Paths in the lock are relative to the declared roots (pipeline.store.record),
 so the same lock verifies on any machine once FER_ARTIFACTS / FER_CACHE / the dataset root point at
 the data. `python -m flows verify --dataset D [--version V]` and `make verify` print the result.
 """
@@ -16,9 +16,17 @@ from pathlib import Path
 
 from pipeline.contract.errors import ArtifactError, ConfigError
 from pipeline.contract.integrity import resolve_version
-from pipeline.contract.lock import artifacts_root, declared_roots, read_lock, resolve_record
+from pipeline.contract.lock import artifacts_root, read_lock
 from pipeline.contract.tables import MANIFEST, SAMPLES, read_table
-from pipeline.store.outputs import HASH_THREADS, file_record, hash_files, image_digest, output_files
+from pipeline.store.record import (
+    HASH_THREADS,
+    declared_roots,
+    file_record,
+    hash_files,
+    image_digest,
+    output_files,
+    resolve_record,
+)
 
 log = logging.getLogger(__name__)
 LOCK_ONLY_KEYS = ("written", "packages")

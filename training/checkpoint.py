@@ -7,13 +7,13 @@ as tensors and plain values, so no pickled objects are needed to read one back.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.errors import ConfigError
 
 CHECKPOINT_VERSION = 1
@@ -53,9 +53,8 @@ def save_checkpoint(path: str | Path, *, method, optimizer, scheduler, sampler_s
         "step": int(step), "epoch": int(epoch), "position": int(position), "history": history,
         "rng": rng_state(), "config": config, "dataset_version": dataset_version,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

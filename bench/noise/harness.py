@@ -19,6 +19,7 @@ from bench.noise.plan import (
     images_seen,
 )
 from bench.noise.report import aggregate, format_markdown, write_csv, write_plot
+from pipeline.contract.atomic import write_text
 from pipeline.contract.errors import ConfigError, FerError
 from training.report import jsonable
 
@@ -29,10 +30,7 @@ CELL_METRICS = ("test_accuracy", "test_mean_class_accuracy", "recovered", "memor
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=jsonable) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2, default=jsonable) + "\n")
 
 
 def read_cell(path: Path) -> dict | None:

@@ -7,11 +7,11 @@ are recorded in `index.json` (and in the version manifest).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.errors import ArtifactError
 from pipeline.contract.storage import allocate
 
@@ -42,19 +42,17 @@ def create_crop_store(directory: str | Path, num_samples: int, size: int) -> np.
     index_path.unlink(missing_ok=True)              # the index is written last: without it, no store
     data_path.unlink(missing_ok=True)               # a reader's map keeps the old file, never a truncated one
     allocate(data_path, nbytes, "wb")
-    tmp = directory / f".{INDEX_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    array = np.memmap(data_path, dtype=np.uint8, mode="r+", shape=shape)
-    os.replace(tmp, index_path)
+    with atomic_path(index_path) as tmp:            # the index is renamed into place after the array is mapped
+        tmp.write_text(json.dumps(index, indent=2))
+        array = np.memmap(data_path, dtype=np.uint8, mode="r+", shape=shape)
     return array
 
 
 def write_valid_mask(directory: str | Path, valid: np.ndarray) -> None:
     """Save which rows hold a real crop ([N] bool)."""
     path = Path(directory) / VALID_FILE
-    tmp = path.with_name(f".{VALID_FILE}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.asarray(valid, dtype=bool))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(valid, dtype=bool))
 
 
 DAMAGED = "the version is damaged: `make verify` lists what else, `make prepare` rebuilds it"

@@ -52,3 +52,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def remove(self, name: str) -> T:
+        """Unregister `name` (a plug-in or a test that registered for one run); returns what it held."""
+        try:
+            return self._entries.pop(name)
+        except KeyError:
+            raise ConfigError(choices_message(self.kind, name, self.names())) from None

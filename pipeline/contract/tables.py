@@ -2,12 +2,11 @@
 
 The trainer reads artefacts only through `pipeline.contract`. Fixed-length vectors are stored as
 `fixed_size_list<float32>[D]` so a column loads into an [N, D] array without Python loops.
-Writes are atomic (temp file + rename), so a killed run never leaves a half-written table.
+Writes are atomic (pipeline.contract.atomic), so a killed run never leaves a half-written table.
 """
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.errors import ArtifactError
 
 SCHEMA_VERSION = "1"
@@ -91,9 +91,8 @@ def write_table(path: str | Path, table: pa.Table, metadata: Mapping[str, object
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = table.schema.metadata or {}
     table = table.replace_schema_metadata({**existing, **_encode_metadata(metadata)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression=compression)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=compression)
     return path
 
 

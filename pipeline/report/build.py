@@ -12,22 +12,12 @@ without network access or JavaScript.
 from __future__ import annotations
 
 import logging
-import os
 from html import escape
 from pathlib import Path
 
+from pipeline.contract.atomic import write_text
 from pipeline.contract.errors import ArtifactError
-from pipeline.contract.tables import (
-    ACTION_UNITS,
-    CROPS_DIR,
-    FACES,
-    GRAPHS_DIR,
-    LABELS_DIR,
-    LANDMARKS,
-    MANIFEST,
-    QUARANTINE,
-    SAMPLES,
-)
+from pipeline.contract.tables import MANIFEST, QUARANTINE, SAMPLES
 from pipeline.report import sections
 from pipeline.report.data import VersionData, load_version
 
@@ -56,13 +46,19 @@ code { background: #f3f3f3; padding: 0 3px; }
 """
 
 
-ARTEFACTS = (SAMPLES, QUARANTINE, FACES, CROPS_DIR, LANDMARKS, ACTION_UNITS, LABELS_DIR, GRAPHS_DIR, MANIFEST)
+def artefacts() -> tuple[str, ...]:
+    """The files a version may hold: samples, quarantine, what each registered stage writes, the manifest."""
+    from pipeline.stages.base import registered
+
+    names = [SAMPLES, QUARANTINE, *(name for stage in registered() for name in stage.writes), MANIFEST]
+    return tuple(dict.fromkeys(names))
 
 
 def _artefact_line(directory: Path) -> str:
     """Which DESIGN artefacts the version directory holds."""
-    present = [name for name in ARTEFACTS if (directory / name).exists()]
-    missing = [name for name in ARTEFACTS if name not in present]
+    expected = artefacts()
+    present = [name for name in expected if (directory / name).exists()]
+    missing = [name for name in expected if name not in present]
     return (f"<p class='muted'>Artefacts present: {escape(', '.join(present))}"
             + (f"; absent: {escape(', '.join(missing))}" if missing else "") + ".</p>")
 
@@ -86,22 +82,25 @@ def _header(data: VersionData, summary: dict | None) -> str:
     return "\n".join(parts)
 
 
-SECTIONS = (
+GENERAL_SECTIONS = (
     ("classes", "Classes per split", sections.classes_section),
     ("exclusions", "Exclusions and quarantine", sections.exclusions_section),
-    ("faces", "Face detection", sections.faces_section),
-    ("crops", "Aligned crops and landmarks", sections.crops_section),
-    ("action-units", "Action units", sections.action_units_section),
-    ("noise", "Noisy-label variants", sections.noise_section),
-    ("graphs", "Neighbour graphs", sections.graphs_section),
 )
+
+
+def report_sections() -> list[tuple]:
+    """(anchor, title, section) of the report: the general ones, then each registered stage's, in order."""
+    from pipeline.stages.base import registered
+
+    return [*GENERAL_SECTIONS, *(item for stage in registered() if stage.report for item in stage.report())]
 
 
 def render_report(data: VersionData, summary: dict | None = None) -> str:
     """The whole HTML document for one version."""
-    nav = " ".join(f"<a href='#{anchor}'>{escape(title)}</a>" for anchor, title, _ in SECTIONS)
+    chosen = report_sections()
+    nav = " ".join(f"<a href='#{anchor}'>{escape(title)}</a>" for anchor, title, _ in chosen)
     body = [_header(data, summary), f"<nav>{nav}</nav>"]
-    for anchor, title, make in SECTIONS:
+    for anchor, title, make in chosen:
         try:
             content = make(data)
         except (ArtifactError, OSError, ValueError, KeyError, IndexError, TypeError) as error:   # one bad table: a note
@@ -122,8 +121,6 @@ def build_report(version_dir: Path, summary: dict | None = None) -> Path:
     data = load_version(version_dir)
     html = render_report(data, summary)
     path = Path(version_dir) / REPORT_FILE
-    tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, html)
     log.info("report for %s %s: %s (%.0f kB)", data.dataset, data.version, path, path.stat().st_size / 1024)
     return path

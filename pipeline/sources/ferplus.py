@@ -16,13 +16,13 @@ another row's pixels filled).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.errors import ConfigError, DataError
 from pipeline.sources.base import ESCAPE_REASON, SourceRecord, SourceScan, fit_cells, read_csv_rows, unsafe_relpath
 from pipeline.specs import DatasetSpec
@@ -149,10 +149,8 @@ def _pixels_verdict(cells: list[str], columns: tuple[int, int | None], usage: st
 
 def _write_image(path: Path, pixels: np.ndarray) -> None:
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(pixels, mode="L").save(tmp, format="PNG", compress_level=6)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels, mode="L").save(tmp, format="PNG", compress_level=6)
 
 
 def _read_pair(pixel_file: Path, label_file: Path) -> tuple[Rows, int, int | None, Rows]:

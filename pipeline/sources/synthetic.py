@@ -21,6 +21,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.classes import class_names
 from pipeline.contract.config import build_dataclass
 from pipeline.contract.errors import ConfigError
@@ -95,10 +96,8 @@ def _render_part(config, image_root: Path, indices: list[int]) -> pa.Table:
     for index in indices:
         sample = generate_sample(config, index)
         path = image_root / _relpath(config, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(sample.image).save(tmp, format="PNG", compress_level=1)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(sample.image).save(tmp, format="PNG", compress_level=1)
         samples.append(sample)
     return pa.table({
         "index": pa.array(indices, type=pa.int64()),

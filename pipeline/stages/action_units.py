@@ -25,15 +25,17 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.contract.classes import AU_INTENSITY_NAMES, AU_PRESENCE_NAMES
 from pipeline.contract.errors import ConfigError, choices_message
+from pipeline.assemble import assemble_table, by_key, quarantine_by_key
 from pipeline.contract.ranges import bounded
 from pipeline.contract.registry import Registry
-from pipeline.contract.tables import QuarantineRow, vector_type, vectors_to_arrow
+from pipeline.contract.tables import ACTION_UNITS, QuarantineRow, vector_type, vectors_to_arrow, vectors_to_numpy
 from pipeline.models.openface import (  # noqa: F401 - re-exported: the wrapper is part of this stage's API
     OPENFACE_MODES,
     OpenFaceError,
@@ -42,6 +44,8 @@ from pipeline.models.openface import (  # noqa: F401 - re-exported: the wrapper 
     parse_openface_csv,
     run_openface,
 )
+from pipeline.stages.base import Stage, register_stage
+from pipeline.store.parts import Part, PartStore
 
 log = logging.getLogger(__name__)
 
@@ -313,3 +317,33 @@ def action_units_shard(crops: np.ndarray | None, sample_ids: np.ndarray, landmar
     quarantine = [QuarantineRow(relpath="", stage=STAGE, reason=reason, detail=f"backend {config.backend}",
                                 sample_id=int(sample_ids[i])) for i, reason in sorted(reasons.items())]
     return au_table(sample_ids[keep], intensity[keep], presence[keep], config.backend), quarantine
+
+
+# --- the registered stage ----------------------------------------------------------------------------------
+
+def action_units_part(shard: pa.Table, upstream: dict[str, PartStore], config: AUConfig, image_root=None) -> Part:
+    """Action units on one shard's crops, with its landmarks where the backend uses them."""
+    keys = shard.column("key").to_pylist()
+    crops = upstream["faces"].gather_array("crops", keys)             # [B, S, S, 3]
+    found, _ = upstream["landmarks"].gather(keys, ["points"])
+    points = np.full((len(keys), 68, 2), np.nan, np.float32)          # [B, P, 2]
+    if found.num_rows:
+        values = vectors_to_numpy(found.column("points"))
+        position = {k: i for i, k in enumerate(keys)}
+        rows = [position[k] for k in found.column("key").to_pylist()]
+        points = np.full((len(keys), values.shape[1] // 2, 2), np.nan, np.float32)
+        points[rows] = values.reshape(len(rows), -1, 2)
+    table, quarantine = action_units_shard(crops, shard.column("sample_id").to_numpy(), points, config)
+    return Part(by_key(table, keys), quarantine_by_key(quarantine, shard))
+
+
+def _report() -> list:
+    from pipeline.report import sections
+
+    return [("action-units", "Action units", sections.action_units_section)]
+
+
+PREPARE_STAGE = register_stage(Stage(
+    name=STAGE, version=STAGE_VERSION, config=AUConfig, per_image=True, reads=("faces", "landmarks"),
+    writes=(ACTION_UNITS,), after=("landmarks",), check=check_backend, part=action_units_part,
+    assemble=partial(assemble_table, table=ACTION_UNITS, stage=STAGE), report=_report))

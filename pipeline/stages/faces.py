@@ -38,17 +38,24 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import geometry, images
+from pipeline.assemble import by_key, quarantine_by_key, quarantine_rows, with_sample_ids
+from pipeline.contract.crops import create_crop_store, write_valid_mask
 from pipeline.contract.errors import BackendMissingError, ConfigError
 from pipeline.contract.ranges import bounded
 from pipeline.contract.registry import Registry
 from pipeline.contract.tables import (
+    CROPS_DIR,
+    FACES,
     QuarantineRow,
+    write_table,
     vector_type,
     vectors_to_arrow,
     vectors_to_numpy,
 )
 from pipeline.models import resolve_device
 from pipeline.models.sharing import LockedModel
+from pipeline.stages.base import Stage, register_stage
+from pipeline.store.parts import Part, PartStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ STAGE = "detect_align"
 STAGE_VERSION = "1.1.0"  # 1.1: boxes clipped, padding-heavy crops rejected, EXIF and 16-bit images read right
 USABLE_STATUSES = ("ok", "multi_face")
 MIN_CROP_COVERAGE = 0.5   # a crop less than half inside its image is mostly padding: not a face crop
+DEFAULT_DETECTOR = {"detect": "dlib", "given": "given", "prealigned": "prealigned"}   # by spec.alignment
 
 FACES_SCHEMA = pa.schema([
     ("sample_id", pa.int64()), ("status", pa.string()), ("bbox", vector_type(4)), ("score", pa.float32()),
@@ -397,3 +405,45 @@ def detect_align_shard(samples: pa.Table, image_root: Path, config: AlignConfig,
     return faces_table(sample_ids, results, config.detector), crops, quarantine
 
 
+
+
+# --- the registered stage: config, shard part, assembly -------------------------------------------------
+
+def resolve_config(fields: dict, spec) -> AlignConfig:
+    """The `align` section over AlignConfig; the detector defaults to what the dataset spec's alignment needs."""
+    from pipeline.contract.config import build_dataclass
+
+    return build_dataclass(AlignConfig, {"detector": DEFAULT_DETECTOR[spec.alignment], **fields}, "align")
+
+
+def faces_part(shard: pa.Table, upstream: dict[str, PartStore], config: AlignConfig, image_root: Path) -> Part:
+    """Detect and align one shard; crops are kept for every row (zeros where no face)."""
+    faces, crops, quarantine = detect_align_shard(shard.drop_columns(["key"]), image_root, config, progress=False)
+    keys = shard.column("key").to_pylist()
+    return Part(by_key(faces, keys), quarantine_by_key(quarantine, shard), {"crops": crops})
+
+
+def assemble_faces(store: PartStore, samples: pa.Table, keys: list[str], usable, out_dir: Path,
+                   config: AlignConfig) -> tuple[list[QuarantineRow], np.ndarray]:
+    """faces.parquet and crops/ for every sample; returns the quarantine and the usable-face mask [N]."""
+    rows, quarantine = store.gather(list(dict.fromkeys(keys)))
+    faces = with_sample_ids(rows, samples, keys)
+    write_table(out_dir / FACES, faces)
+    usable = np.isin(faces.column("status").to_numpy(zero_copy_only=False), USABLE_STATUSES)
+    crops = create_crop_store(out_dir / CROPS_DIR, samples.num_rows, config.crop_size)
+    store.gather_array("crops", keys, out=crops)
+    crops.flush()
+    write_valid_mask(out_dir / CROPS_DIR, usable)
+    return quarantine_rows(quarantine, samples, keys, "faces"), usable
+
+
+def _report() -> list:
+    from pipeline.report import sections
+
+    return [("faces", "Face detection", sections.faces_section)]
+
+
+PREPARE_STAGE = register_stage(Stage(
+    name="faces", version=STAGE_VERSION, config=AlignConfig, section="align", per_image=True,
+    writes=(FACES, CROPS_DIR), resolve=resolve_config, check=check_backend, part=faces_part,
+    assemble=assemble_faces, report=_report))

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipeline.contract.errors import ArtifactError, ConfigError, DataError, choi
 from pipeline.contract.graphs import check_space_name, graph_path, graph_table, write_graph
 from pipeline.contract.ranges import SEED_MAX, bounded
 from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
+from pipeline.stages.base import Stage, register_stage
 
 log = logging.getLogger(__name__)
 # How long the build and the recall check took: returned to the caller (logs, benches), never written
@@ -38,6 +40,9 @@ DEFAULT_SIGMA: dict[str, float | str] = {
     "au": 1.0, "au17": 1.0, "landmarks": 68.0, "landmarks_procrustes": "auto", "va": "auto",
 }
 SIMILARITY_FORMULA = "exp(-d^2 / (2 sigma^2))"
+DEFAULT_SPACES: tuple[str, ...] = ("au", "landmarks", "va")
+SPACE_INPUTS = {"au": artifacts.ACTION_UNITS, "au17": artifacts.ACTION_UNITS, "landmarks": artifacts.LANDMARKS,
+                "landmarks_procrustes": artifacts.LANDMARKS, "va": artifacts.SAMPLES}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class GraphConfig:
     splits: tuple[str, ...] = ("train",)
     recall_queries: int = bounded(1000, 0, 10**7)          # exact queries (seeded) the stored recall@K is measured on
     recall_seed: int = bounded(0, 0, SEED_MAX)
+    spaces: tuple[str, ...] = DEFAULT_SPACES   # the prepare builds these (each whose input table exists)
 
     def sigma_for(self, space: str) -> float | str:
         value = self.sigma.get(space, self.default_sigma)
@@ -267,3 +273,72 @@ def _labels_for(samples: pa.Table, ids: np.ndarray) -> np.ndarray:
 def with_knn(config: GraphConfig, **knn_changes) -> GraphConfig:
     """A copy of `config` with some KnnConfig fields changed (e.g. backend='faiss')."""
     return replace(config, knn=replace(config.knn, **knn_changes))
+
+
+# --- the registered stage: one call per space present --------------------------------------------------
+
+def resolve_config(fields: dict, spec=None) -> GraphConfig:
+    """graphs section: KnnConfig fields (k, backend, metric, ...) and GraphConfig fields (sigma, spaces, ...)."""
+    import dataclasses
+
+    from pipeline.contract.config import build_dataclass
+
+    knn_names = {f.name for f in dataclasses.fields(KnnConfig)}
+    graph_names = {f.name for f in dataclasses.fields(GraphConfig)} - {"knn"}
+    unknown = sorted(set(fields) - knn_names - graph_names)
+    if unknown:
+        raise ConfigError(choices_message("config key in graphs", unknown[0], sorted(knn_names | graph_names)))
+    knn = build_dataclass(KnnConfig, {k: v for k, v in fields.items() if k in knn_names}, "graphs")
+    rest = {k: v for k, v in fields.items() if k in graph_names}
+    if "sigma" in rest:
+        if not isinstance(rest["sigma"], dict):
+            raise ConfigError(f"config key 'graphs.sigma': give a mapping of space to sigma, got {rest['sigma']!r}")
+        rest["sigma"] = {**DEFAULT_SIGMA, **rest["sigma"]}
+    config = build_dataclass(GraphConfig, {**rest, "knn": knn}, "graphs")
+    for space in config.spaces:
+        check_space_name(space)          # a space names a file: graphs/<space>.parquet
+    return config
+
+
+def spaces_present(version_dir: Path, spaces: Sequence[str]) -> list[str]:
+    """The configured spaces whose input table exists (va needs valence/arousal in samples)."""
+    import pyarrow.parquet as pq
+
+    present = []
+    for space in spaces:
+        path = Path(version_dir) / SPACE_INPUTS.get(space, f"features/{space}.parquet")
+        if not path.is_file():
+            continue
+        if space == "va" and "valence" not in pq.read_schema(path).names:
+            continue
+        present.append(space)
+    return present
+
+
+def build_graph(version_dir: Path, space: str, config: GraphConfig) -> dict:
+    """One space's graph file; its metadata (timings included) is returned."""
+    _, metadata = build_and_write_space(version_dir, space, config)
+    return metadata
+
+
+def graph_calls(version_dir: Path, config: GraphConfig, spec=None) -> dict:
+    return {f"graph-{space}": partial(build_graph, version_dir, space, config)
+            for space in spaces_present(version_dir, config.spaces)}
+
+
+def summarise(results: dict) -> tuple[dict, dict]:
+    """(recall@K by space, seconds): build and recall seconds go to the manifest, never the graph file."""
+    seconds = {f"{name}-{kind}": results[name][f"{kind}_seconds"] for name in results for kind in ("build", "recall")}
+    return {meta["space"]: meta.get("recall_at_k") for meta in results.values()}, seconds
+
+
+def _report() -> list:
+    from pipeline.report import sections
+
+    return [("graphs", "Neighbour graphs", sections.graphs_section)]
+
+
+PREPARE_STAGE = register_stage(Stage(
+    name="graphs", version=STAGE_VERSION, config=GraphConfig, writes=(artifacts.GRAPHS_DIR,),
+    after=("action_units", "pseudo_va"), resolve=resolve_config, calls=graph_calls, summarise=summarise,
+    report=_report))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,13 @@ from tqdm.auto import tqdm
 from pipeline import geometry
 from pipeline.contract import layouts
 from pipeline.contract.errors import BackendMissingError, ConfigError
+from pipeline.assemble import assemble_table, by_key, quarantine_by_key
 from pipeline.contract.ranges import bounded
 from pipeline.contract.registry import Registry
-from pipeline.contract.tables import QuarantineRow, vectors_to_arrow, vectors_to_numpy
+from pipeline.contract.tables import LANDMARKS, QuarantineRow, vectors_to_arrow, vectors_to_numpy
 from pipeline.models.sharing import LockedModel
+from pipeline.stages.base import Stage, register_stage
+from pipeline.store.parts import Part, PartStore
 
 log = logging.getLogger(__name__)
 
@@ -397,3 +401,29 @@ def points_from_table(table: pa.Table) -> np.ndarray:
     flat = vectors_to_numpy(table.column("points"))
     return flat.reshape(len(flat), -1, 2)
 
+
+
+# --- the registered stage ----------------------------------------------------------------------------------
+
+def landmarks_part(shard: pa.Table, upstream: dict[str, PartStore], config: LandmarkConfig, image_root=None) -> Part:
+    """Landmarks on one shard's aligned crops (usable faces only)."""
+    faces_store = upstream["faces"]
+    keys = shard.column("key").to_pylist()
+    crops = faces_store.gather_array("crops", keys)                   # [B, S, S, 3]
+    faces, _ = faces_store.gather(keys)
+    table, quarantine = landmarks_shard(crops, shard.column("sample_id").to_numpy(), config,
+                                        samples=shard, faces=faces.drop_columns(["key"]).append_column(
+                                            "sample_id", shard.column("sample_id")), progress=False)
+    return Part(by_key(table, keys), quarantine_by_key(quarantine, shard))
+
+
+def _report() -> list:
+    from pipeline.report import sections
+
+    return [("crops", "Aligned crops and landmarks", sections.crops_section)]
+
+
+PREPARE_STAGE = register_stage(Stage(
+    name=STAGE, version=STAGE_VERSION, config=LandmarkConfig, per_image=True, reads=("faces",), writes=(LANDMARKS,),
+    after=("faces",), check=check_backend, part=landmarks_part,
+    assemble=partial(assemble_table, table=LANDMARKS, stage=STAGE), report=_report))

@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from pipeline.contract import tables as artifacts
 from pipeline.contract.classes import CANONICAL_CLASSES, class_names
 from pipeline.contract.errors import ConfigError, DataError, choices_message
 from pipeline.contract.ranges import SEED_MAX, bounded
+from pipeline.stages.base import Stage, register_stage
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +307,53 @@ def write_variant_set(labels_dir: str | Path, samples: pa.Table, variants: Seque
         table, info = make_noisy_labels(samples, variant, num_classes, transition, confusion)
         out[variant.name] = write_noisy_labels(labels_dir, table, info)
     return out
+
+
+# --- the registered stage ----------------------------------------------------------------------------------
+
+def resolve_variants(fields: dict, spec=None) -> tuple[str, ...]:
+    """noise section: an explicit `variants` list, or NoiseConfig fields (kinds x rates x seeds)."""
+    from pipeline.contract.config import build_dataclass, coerce
+
+    fields = dict(fields)
+    if "variants" in fields:
+        names = list(coerce(fields.pop("variants"), tuple[str, ...], "noise.variants"))
+        if fields:
+            raise ConfigError(f"noise: give either variants or {sorted(fields)}, not both")
+        if "clean" not in names:
+            names.insert(0, "clean")
+    else:
+        names = variant_names(build_dataclass(NoiseConfig, fields, "noise"))
+    return tuple(parse_variant(n).name for n in names)
+
+
+def fingerprint_params(variants: tuple[str, ...]) -> dict:
+    return {"variants": list(variants)}
+
+
+def write_noise(version_dir: Path, variants: tuple[str, ...], num_classes: int) -> list[str]:
+    """Every variant of the version's training labels -> labels/<variant>.parquet; their names, sorted."""
+    samples = artifacts.read_table(Path(version_dir) / artifacts.SAMPLES, columns=["sample_id", "split", "label"])
+    return sorted(write_variant_set(Path(version_dir) / artifacts.LABELS_DIR, samples, list(variants), num_classes))
+
+
+def noise_calls(version_dir: Path, variants: tuple[str, ...], spec) -> dict:
+    return {"noise": partial(write_noise, version_dir, variants, spec.num_classes)}
+
+
+def summarise(results: dict) -> tuple[list[str], dict]:
+    return results["noise"], {}
+
+
+def _report() -> list:
+    from pipeline.report import sections
+
+    return [("noise", "Noisy-label variants", sections.noise_section)]
+
+
+PREPARE_STAGE = register_stage(Stage(
+    name="noise", version=STAGE_VERSION, config=NoiseConfig, writes=(artifacts.LABELS_DIR,),
+    resolve=resolve_variants, params=fingerprint_params, calls=noise_calls, summarise=summarise, report=_report))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from pipeline.contract.crops import open_crops, read_valid_mask
 from pipeline.contract.errors import ArtifactError, BackendMissingError, ConfigError
 from pipeline.contract.ranges import bounded
 from pipeline.contract.va_regressor import FORMAT, FORMAT_VERSIONS, INPUT_KEYS, META_FILE
+from pipeline.stages.base import Stage, register_stage
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +203,27 @@ def apply_pseudo_va(version_dir: str | Path, config: PseudoVAConfig, digest: str
     artifacts.write_table(path, table, metadata)
     log.info("pseudo_va: %d of %d samples got pseudo valence-arousal (%s)", int(has.sum()), len(ids), digest[:12])
     return {"written": int(has.sum()), "kept_source_va": False, "checkpoint_hash": digest}
+
+
+# --- the registered stage ----------------------------------------------------------------------------------
+
+def is_enabled(config: PseudoVAConfig) -> bool:
+    return config.enabled
+
+
+def write_pseudo_va(version_dir: Path, config: PseudoVAConfig) -> dict:
+    return apply_pseudo_va(version_dir, config, checkpoint_hash(config))
+
+
+def pseudo_va_calls(version_dir: Path, config: PseudoVAConfig, spec=None) -> dict:
+    return {"pseudo_va": partial(write_pseudo_va, version_dir, config)}
+
+
+def summarise(results: dict) -> tuple[dict, dict]:
+    return results["pseudo_va"], {}
+
+
+# after the faces (it reads the crops), before the graphs (it writes the va space)
+PREPARE_STAGE = register_stage(Stage(
+    name="pseudo_va", version=STAGE_VERSION, config=PseudoVAConfig, writes=(artifacts.SAMPLES,), after=("faces",),
+    check=check_backend, params=fingerprint_params, enabled=is_enabled, calls=pseudo_va_calls, summarise=summarise))

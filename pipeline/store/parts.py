@@ -14,14 +14,13 @@ parameters chained with its upstream stages', so changing a parameter starts a n
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.errors import ArtifactError
 from pipeline.contract.tables import read_table, write_table
 
@@ -92,21 +91,16 @@ class PartStore:
         final = self.directory / name
         if final.is_dir():
             return final
-        tmp = self.directory / f".tmp-{name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_table(tmp / "rows.parquet", part.rows)
-        quarantine = pa.table([list(c) for c in zip(*part.quarantine)] if part.quarantine else [[], [], []],
-                              schema=PART_QUARANTINE_SCHEMA)
-        write_table(tmp / "quarantine.parquet", quarantine)
         for array_name, values in part.arrays.items():
             if len(values) != part.rows.num_rows:
                 raise ArtifactError(f"array {array_name!r} has {len(values)} rows, the part {part.rows.num_rows}")
-            np.save(tmp / f"{array_name}.npy", values)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another worker finished the same part first
-            shutil.rmtree(tmp, ignore_errors=True)
+        quarantine = pa.table([list(c) for c in zip(*part.quarantine)] if part.quarantine else [[], [], []],
+                              schema=PART_QUARANTINE_SCHEMA)
+        with atomic_path(final, directory=True) as tmp:     # another worker may finish the same part first
+            write_table(tmp / "rows.parquet", part.rows)
+            write_table(tmp / "quarantine.parquet", quarantine)
+            for array_name, values in part.arrays.items():
+                np.save(tmp / f"{array_name}.npy", values)
         return final
 
     def gather(self, keys: list[str], columns: list[str] | None = None) -> tuple[pa.Table, list[tuple[str, str, str]]]:

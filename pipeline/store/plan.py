@@ -1,29 +1,25 @@
 """The version plan: every stage's chained fingerprint and the version id, known before any per-image work.
 
-The plan chains every stage's fingerprint (name@version, literal parameters, parents, seed) from the
-sources stage's content fingerprint. Per-image stores chain only the per-image stages' parameters, so
-results keyed by image content are shared by every version that uses the same parameters.
+The plan chains every enabled stage's fingerprint (name@version, literal parameters, parents, seed) from the
+sources stage's content fingerprint, looping over the resolved stages (pipeline.stages.base: the store
+imports no stage). Per-image stores chain only the per-image stages' parameters, so results keyed by
+image content are shared by every version that uses the same parameters.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.contract.errors import ConfigError
 from pipeline.contract.lock import artifacts_root
-from pipeline.contract.tables import MANIFEST
 from pipeline.store.fingerprint import fingerprint
 
 if TYPE_CHECKING:
     from pipeline.config import PrepareConfig, StageConfigs
 
 PLAN_VERSION = "1.0"
-PER_IMAGE_STAGES = ("faces", "landmarks", "action_units")
-SPACE_INPUTS = {"au": "action_units.parquet", "au17": "action_units.parquet", "landmarks": "landmarks.parquet",
-                "landmarks_procrustes": "landmarks.parquet", "va": "samples.parquet"}
 
 
 @dataclass(frozen=True)
@@ -74,69 +70,31 @@ def model_file_hashes(owner: str, files: dict[str, str]) -> dict[str, dict[str, 
         cache.close()
 
 
-def plan_version(config: PrepareConfig, stages: StageConfigs, source_fingerprint: str,
-                 stage_versions: dict[str, str], root: Path | None = None) -> VersionPlan:
-    """Chain fingerprints: sources -> faces -> landmarks -> action_units [-> pseudo_va] -> graphs -> noise -> version.
+def _stage_fingerprints(stages: StageConfigs, source_fingerprint: str) -> tuple[dict, dict, list[str]]:
+    """(chain, per-image store fingerprints, leaves) over the enabled stages, in pipeline order.
 
-    pseudo_va (when its checkpoint is set) chains from faces (it reads the crops) and the checkpoint's content hash.
+    A stage chains from the fingerprints of its enabled `after` stages (none: the source's); a per-image
+    stage's store chains its parameters with its `after` stores only. Leaves: the stages nothing chains from.
     """
-    store_fps: dict[str, str] = {}
-    parent: tuple[str, ...] = ()
-    for name, stage_config in zip(PER_IMAGE_STAGES, (stages.align, stages.landmarks, stages.action_units)):
-        store_fps[name] = fingerprint(name, stage_versions[name], _params(stage_config), parent)
-        parent = (store_fps[name],)
-    chain = {"sources": source_fingerprint}
-    previous = source_fingerprint
-    for name in PER_IMAGE_STAGES:
-        chain[name] = fingerprint(name, stage_versions[name], {"store": store_fps[name]}, (previous,))
-        previous = chain[name]
-    pseudo = getattr(stages, "pseudo_va", None)
-    if pseudo is not None and pseudo.enabled:   # only then: versions without pseudo-VA keep their ids
-        from pipeline.stages.pseudo_va import fingerprint_params
-
-        chain["pseudo_va"] = fingerprint("pseudo_va", stage_versions["pseudo_va"], fingerprint_params(pseudo),
-                                         (chain["faces"],))
-        previous = chain["pseudo_va"]
-    chain["graphs"] = fingerprint("graphs", stage_versions["graphs"],
-                                  {**_params(stages.graphs), "spaces": list(stages.spaces)}, (previous,))
-    chain["noise"] = fingerprint("noise", stage_versions["noise"], {"variants": list(stages.noise)},
-                                 (chain["sources"],))
-    version = fingerprint("version", PLAN_VERSION, {"report": config.report},
-                          (chain["graphs"], chain["noise"]), seed=config.seed)
-    return VersionPlan(stages.spec.name, source_fingerprint, chain, store_fps, version, root or artifacts_root())
+    enabled = stages.enabled
+    names = {stage.name for stage in enabled}
+    chain, stores = {"sources": source_fingerprint}, {}
+    for stage in enabled:
+        config = stages.configs[stage.name]
+        after = [name for name in stage.after if name in names]
+        params = stage.params(config) if stage.params else _params(config)
+        if stage.per_image:
+            stores[stage.name] = fingerprint(stage.name, stage.version, params, [stores[n] for n in after if n in stores])
+            params = {"store": stores[stage.name]}
+        chain[stage.name] = fingerprint(stage.name, stage.version, params, [chain[n] for n in after] or [chain["sources"]])
+    parents = {name for stage in enabled for name in stage.after}
+    return chain, stores, [stage.name for stage in enabled if stage.name not in parents]
 
 
-def version_is_complete(plan: VersionPlan) -> bool:
-    """A version is complete when its manifest says so (written last, after every stage)."""
-    manifest = plan.version_dir / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("version") == plan.version
-    except json.JSONDecodeError:
-        return False
-
-
-def stage_versions() -> dict[str, str]:
-    """name@version of every stage module: part of every fingerprint."""
-    from pipeline.sources import STAGE_VERSION as sources_version
-    from pipeline.stages import action_units, faces, graphs, landmarks, noise, pseudo_va
-
-    return {"sources": sources_version, "faces": faces.STAGE_VERSION, "landmarks": landmarks.STAGE_VERSION,
-            "action_units": action_units.STAGE_VERSION, "graphs": graphs.STAGE_VERSION, "noise": noise.STAGE_VERSION,
-            "pseudo_va": pseudo_va.STAGE_VERSION}
-
-
-def spaces_present(version_dir: Path, spaces: tuple[str, ...]) -> list[str]:
-    """The configured graph spaces whose input table exists (va needs valence/arousal in samples)."""
-    import pyarrow.parquet as pq
-
-    present = []
-    for space in spaces:
-        path = Path(version_dir) / SPACE_INPUTS.get(space, f"features/{space}.parquet")
-        if not path.is_file():
-            continue
-        if space == "va" and "valence" not in pq.read_schema(path).names:
-            continue
-        present.append(space)
-    return present
+def plan_version(config: PrepareConfig, stages: StageConfigs, source_fingerprint: str,
+                 root: Path | None = None) -> VersionPlan:
+    """Chain every enabled stage's fingerprint from the source's; the version id chains from the leaves."""
+    chain, stores, leaves = _stage_fingerprints(stages, source_fingerprint)
+    version = fingerprint("version", PLAN_VERSION, {"report": config.report}, [chain[name] for name in leaves],
+                          seed=config.seed)
+    return VersionPlan(stages.spec.name, source_fingerprint, chain, stores, version, root or artifacts_root())

@@ -1,7 +1,7 @@
 """What a prepare checks before it trusts what earlier runs left behind, and how it mends it.
 
 - `clean_temporaries(plan)`: temporary files and part folders whose writer was killed (`.<name>.<pid>.tmp`,
-  `.<name>.<pid>.tmp.npy`, `.tmp-<part>-<pid>`) are removed from the version folder, the part stores and the
+  `.<name>.<pid>.tmp.npy`, part folders `.<part>.<pid>.tmp` and the older `.tmp-<part>-<pid>`) are removed from the version folder, the part stores and the
   lock folder. One whose writer is still alive is left alone.
 - `intact(plan)`: a version whose manifest says it is complete is trusted only while its outputs still
   match the manifest: every listed file present, of its recorded size, and, if modified after the manifest
@@ -9,8 +9,8 @@
   goes through the stat cache, so a copied version folder is re-read once, not on every run). A damaged
   version is reopened: the damaged files and the manifest are removed, and the run rebuilds them, per-image
   results from the part store (nothing recomputed when the parts are there), the rest from those.
-- `point_latest(dataset, version)`: `latest` names the version just completed (a run killed between the
-  lock and the pointer left it on the old one).
+- `point_latest(dataset, version)` (pipeline.contract.lock): `latest` names the version just completed (a
+  run killed between the lock and the pointer left it on the old one).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.contract.lock import manifests_root
+from pipeline.contract.lock import manifests_root, point_latest  # noqa: F401 - re-exported: a repair step
 from pipeline.contract.tables import MANIFEST
 from pipeline.store.hashing import HashCache, default_hash_cache
-from pipeline.store.plan import PER_IMAGE_STAGES, VersionPlan
+from pipeline.store.plan import VersionPlan
 
 log = logging.getLogger(__name__)
 TEMPORARY = (re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.[A-Za-z0-9]+)?$"),    # .<name>.<pid>.tmp[.npy]
@@ -60,7 +60,7 @@ def stray_temporaries(folder: Path, recursive: bool = False) -> list[Path]:
 def clean_temporaries(plan: VersionPlan, manifests: Path | None = None) -> list[Path]:
     """Remove the stray temporaries of this version, its part stores and its lock folder; returns them."""
     folders = [(plan.version_dir, True), ((manifests or manifests_root()) / "versions" / plan.dataset, False)]
-    folders += [(plan.store_dir(stage), False) for stage in PER_IMAGE_STAGES if stage in plan.store_fingerprints]
+    folders += [(plan.store_dir(stage), False) for stage in plan.store_fingerprints]      # the per-image stores
     removed = []
     for folder, recursive in folders:
         for path in stray_temporaries(folder, recursive):
@@ -125,19 +125,3 @@ def intact(plan: VersionPlan) -> bool:
         if name != MANIFEST:
             (plan.version_dir / name).unlink(missing_ok=True)
     return False
-
-
-def point_latest(dataset: str, version: str, manifests: Path | None = None) -> bool:
-    """Rewrite versions/<dataset>/latest when it does not name `version`; True when it was rewritten."""
-    pointer = (manifests or manifests_root()) / "versions" / dataset / "latest"
-    try:
-        if pointer.read_text(encoding="utf-8").strip() == version:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
-    tmp.write_text(version + "\n")
-    os.replace(tmp, pointer)
-    log.info("latest of %s now names %s", dataset, version)
-    return True

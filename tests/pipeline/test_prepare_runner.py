@@ -16,7 +16,7 @@ from pipeline.contract.lock import read_lock
 from pipeline.contract.tables import read_metadata
 from pipeline.prepare import ThreadMapper, run_prepare
 from pipeline.store.hashing import hash_file
-from pipeline.store.runlock import exclusive_prepare, lock_path
+from pipeline.store.prepare_lock import PrepareLock
 from pipeline.verify import verify_version
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -128,8 +128,8 @@ def test_a_backend_error_fails_before_any_image_is_read(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from pipeline.store.runlock import exclusive_prepare
-with exclusive_prepare(Path(sys.argv[1]), "synthetic"):
+from pipeline.store.prepare_lock import PrepareLock
+with PrepareLock(Path(sys.argv[1]), "synthetic"):
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))
 """
@@ -144,20 +144,20 @@ def _hold(path: Path, seconds: float) -> subprocess.Popen:
 
 def test_a_second_prepare_refuses_naming_the_holder_or_waits_for_it():
     config = load_prepare_config(None, FAST)
-    path = lock_path(Path(os.environ["FER_ARTIFACTS"]), "synthetic")
-    holder = _hold(path, 60)
+    artifacts = Path(os.environ["FER_ARTIFACTS"])
+    holder = _hold(artifacts, 60)
     try:
         with pytest.raises(ConfigError, match=f"another prepare of 'synthetic'.*pid {holder.pid}"):
             run_prepare(config, progress=False)
     finally:
         holder.kill()
         holder.wait()
-    holder = _hold(path, 1.0)                      # exits after a second: a waiting prepare then runs
+    holder = _hold(artifacts, 1.0)                      # exits after a second: a waiting prepare then runs
     start = time.monotonic()
     summary = run_prepare(load_prepare_config(None, [*FAST, "lock_wait_s=120"]), progress=False)
     holder.wait()
     assert summary["version"] and time.monotonic() - start >= 0.5
-    with exclusive_prepare(path, "synthetic"):     # released after the run, and after the holder's SIGKILL
+    with PrepareLock(artifacts, "synthetic"):      # released after the run, and after the holder's SIGKILL
         pass
 
 
@@ -265,14 +265,14 @@ def test_worker_processes_run_every_shard_once_and_a_small_stage_stays_in_this_p
     finally:
         pool.close()
     mapper = ProcessMapper(2, min_images=10)
-    mapper.pool = WorkerPool(2)
+    mapper.policy.pool = WorkerPool(2)
     work = partial(_fail_in_worker, kind="none")
     try:   # one shard, or fewer images than min_images: no worker is started for them
         assert list(mapper.map_shards("faces", work, _shards(6), Path("."))) == [6]
         assert sorted(mapper.map_shards("faces", work, _shards(4, 5), Path("."))) == [4, 5]
-        assert not mapper.pool.running
+        assert not mapper.policy.pool.running
         assert sorted(mapper.map_shards("faces", work, _shards(5, 6), Path("."))) == [5, 6]
-        assert mapper.pool.running
+        assert mapper.policy.pool.running
     finally:
         mapper.close()
 

@@ -15,7 +15,7 @@ from pipeline.contract.classes import CLASSES_7
 from pipeline.contract.crops import create_crop_store, write_valid_mask
 from pipeline.contract.graphs import graph_table
 from pipeline.contract.tables import QuarantineRow, quarantine_table, samples_schema, vectors_to_arrow, write_table
-from pipeline.report.build import REPORT_FILE, SECTIONS, build_report
+from pipeline.report.build import REPORT_FILE, build_report, report_sections
 from pipeline.report.sections import neighbour_agreement
 from pipeline.stages.graphs import label_agreement
 from pipeline.stages.noise import make_noisy_labels, write_noisy_labels
@@ -129,7 +129,7 @@ def test_full_report_is_self_contained_with_every_section(tiny_report):
     html = tiny_report
     assert "http://" not in html and "https://" not in html and 'src="file' not in html and "<script" not in html
     assert "<link" not in html and "url(" not in html
-    for _, title, _ in SECTIONS:
+    for _, title, _ in report_sections():
         assert f"<h2>{title}</h2>" in html
     assert "Not available" not in html and "could not be drawn" not in html
     # classes, quarantine, faces, crop grid, AU box + heatmap + presence, noise realised, graph agreement
@@ -176,7 +176,7 @@ def test_only_samples_still_renders_with_notes(tiny_version, tmp_path):
     bare.mkdir(parents=True)
     (bare / "samples.parquet").write_bytes((tiny_version / "samples.parquet").read_bytes())
     html = build_report(bare).read_text()
-    for _, title, _ in SECTIONS:
+    for _, title, _ in report_sections():
         assert f"<h2>{title}</h2>" in html
     for missing in ("quarantine.parquet", "faces.parquet", "crops/", "action_units.parquet",
                     "labels/*.parquet", "graphs/*.parquet"):

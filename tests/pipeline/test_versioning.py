@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -38,13 +39,23 @@ def test_non_finite_params_rejected():
         fingerprint("graphs", "1.0", {"sigma": float("nan")})
 
 
+def _record(**changes) -> dict:
+    """A lock record with every field pipeline.contract.lock.LOCK_FIELDS asks for."""
+    from pipeline.contract.lock import LOCK_FORMAT
+
+    record = {"lock_format": LOCK_FORMAT, "num_classes": 7, "classes": ["neutral"], "stages": {"sources": "ab"},
+              "stores": {}, "stage_versions": {"sources": "1.0"}, "config": {}, "stage_configs": {}, "crops": {},
+              "sources": {}, "summary": {}, "outputs": {"samples.parquet": {"hash": "h", "size": 3}}}
+    return {**record, **changes}
+
+
 def test_lock_written_and_latest_pointer(tmp_path):
-    path = write_lock("synthetic", "abcd1234", {"stages": [{"name": "sources"}]}, root=tmp_path)
+    path = write_lock("synthetic", "abcd1234", _record(), root=tmp_path)
     assert path == tmp_path / "versions" / "synthetic" / "abcd1234.json"
     lock = read_lock("synthetic", root=tmp_path)
-    assert lock["version"] == "abcd1234" and lock["stages"] == [{"name": "sources"}]
+    assert lock["version"] == "abcd1234" and lock["stages"] == {"sources": "ab"}
     assert "python" in lock["packages"]
-    write_lock("synthetic", "ffff0000", {}, root=tmp_path)
+    write_lock("synthetic", "ffff0000", _record(), root=tmp_path)
     assert read_lock("synthetic", root=tmp_path)["version"] == "ffff0000"
     assert read_lock("synthetic", "abcd1234", root=tmp_path)["version"] == "abcd1234"
     with pytest.raises(ArtifactError, match="known versions: abcd1234, ffff0000"):
@@ -53,6 +64,26 @@ def test_lock_written_and_latest_pointer(tmp_path):
         read_lock("rafdb", root=tmp_path)
     assert not list((tmp_path / "versions" / "synthetic").glob(".*tmp"))
     json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"stages": [{"name": "sources"}]}, "'stages' must be a dict, got list"),
+    ({"num_classes": "7"}, "'num_classes' must be a int, got str"),
+    ({"lock_format": "1"}, "'lock_format' is '1'"),
+    ({"outputs": {"crops/crops.u8": {"hash": "h"}}}, "'outputs.crops/crops.u8.size' must be a int"),
+])
+def test_a_lock_with_a_bad_field_fails_on_reading_naming_the_field(tmp_path, changes, field):
+    path = write_lock("synthetic", "abcd1234", _record(**changes), root=tmp_path)
+    with pytest.raises(ArtifactError, match=re.escape(f"{path}: field {field}")):
+        read_lock("synthetic", root=tmp_path)
+    record = _record()
+    del record["outputs"]
+    write_lock("synthetic", "abcd1234", record, root=tmp_path)
+    with pytest.raises(ArtifactError, match="field 'outputs' is missing"):
+        read_lock("synthetic", root=tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(ArtifactError, match="not JSON"):
+        read_lock("synthetic", root=tmp_path)
 
 
 def test_hash_cache_rereads_only_changed_files(tmp_path):
@@ -73,7 +104,7 @@ def test_hash_cache_rereads_only_changed_files(tmp_path):
 
 
 def test_lock_paths_are_relative_to_the_deepest_declared_root(tmp_path, monkeypatch):
-    from pipeline.contract.lock import declared_roots, relative_record, resolve_record
+    from pipeline.store.record import declared_roots, relative_record, resolve_record
 
     monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
     roots = declared_roots(tmp_path / "cache" / "sources" / "synthetic")
@@ -87,10 +118,10 @@ def test_lock_paths_are_relative_to_the_deepest_declared_root(tmp_path, monkeypa
 
 def _landmark_plan(checkpoint, tmp_path):
     from pipeline.config import load_prepare_config, resolve_stage_configs
-    from pipeline.store.plan import plan_version, stage_versions
+    from pipeline.store.plan import plan_version
 
     config = load_prepare_config(overrides=["landmarks.backend=hrnet", f"landmarks.hrnet_checkpoint={checkpoint}"])
-    return plan_version(config, resolve_stage_configs(config), "sources-fp", stage_versions(), root=tmp_path)
+    return plan_version(config, resolve_stage_configs(config), "sources-fp", root=tmp_path)
 
 
 def test_a_model_file_enters_the_version_id_by_content_not_by_path(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.contract import va_regressor
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.errors import ConfigError, choices_message
 from training.methods.base import DataInfo, Method, StepInfo, register_method
 from training.models import build_backbone
@@ -174,12 +175,10 @@ def export_regressor(method: VaRegression, path: str | Path, image_size: int, so
     example = torch.zeros(2, 3, image_size, image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():   # torch 2.13 marks TorchScript deprecated; it still traces, saves and loads
+    with warnings.catch_warnings(), atomic_path(path) as tmp:   # torch 2.13 marks TorchScript deprecated
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
         traced = torch.jit.trace(predictor, example)
         torch.jit.save(traced, str(tmp), _extra_files={va_regressor.META_FILE: json.dumps(meta, sort_keys=True)})
-    tmp.replace(path)
     log.info("exported the VA regressor to %s (%s)", path, json.dumps(meta["input"]))
     return path
 

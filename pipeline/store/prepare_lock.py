@@ -1,4 +1,6 @@
-"""One prepare at a time per dataset and artefact root: an advisory lock file naming its holder.
+"""The prepare lock: one prepare at a time per dataset and artefact root, an advisory lock file naming its holder.
+
+Not the version lock (pipeline.contract.lock): this one only keeps two runs from writing one dataset at once.
 
 The lock is `fcntl.flock` on `<artifacts>/<dataset>/.prepare.lock`, so the kernel releases it when the
 holder exits in any way (a `kill -9` included): a stale file never blocks the next run. The file holds
@@ -13,8 +15,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.contract.errors import ConfigError
@@ -48,35 +48,44 @@ def _refusal(path: Path, what: str, wait_s: float) -> ConfigError:
                        f"finish or stop it, or give lock_wait_s=SECONDS to wait")
 
 
-@contextmanager
-def exclusive_prepare(path: Path, what: str, wait_s: float = 0.0) -> Iterator[Path]:
-    """Hold the lock at `path` for the block; wait up to `wait_s` seconds for a holder, then refuse."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    deadline = time.monotonic() + wait_s
-    logged = False
-    while True:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                raise _refusal(path, what, wait_s) from None
-            if not logged:
-                log.info("waiting up to %g s for pid %s to finish its prepare of %s", wait_s,
-                         read_holder(path).get("pid", "unknown"), what)
-                logged = True
-            time.sleep(POLL_S)
-    try:
+class PrepareLock:
+    """`with PrepareLock(artifacts, dataset, wait_s):` holds `<artifacts>/<dataset>/.prepare.lock` for the block;
+    waits up to `wait_s` seconds for another holder, then refuses naming it (ConfigError)."""
+
+    def __init__(self, artifacts: Path, dataset: str, wait_s: float = 0.0) -> None:
+        self.path = lock_path(artifacts, dataset)
+        self.what = f"{dataset!r} into {Path(artifacts)}"
+        self.wait_s = wait_s
+        self._handle = None
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        deadline = time.monotonic() + self.wait_s
+        logged = False
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    raise _refusal(self.path, self.what, self.wait_s) from None
+                if not logged:
+                    log.info("waiting up to %g s for pid %s to finish its prepare of %s", self.wait_s,
+                             read_holder(self.path).get("pid", "unknown"), self.what)
+                    logged = True
+                time.sleep(POLL_S)
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started":
                                  _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}))
         handle.flush()
-        yield path
-    finally:
+        self._handle = handle
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        handle, self._handle = self._handle, None
         handle.seek(0)
         handle.truncate()
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
