@@ -1,8 +1,8 @@
 """What a prepare checks before it trusts what earlier runs left behind, and how it mends it.
 
 - `clean_temporaries(plan)`: temporary files and part folders whose writer was killed (`.<name>.<pid>.tmp`,
-  `.<name>.<pid>.tmp.npy`, part folders `.<part>.<pid>.tmp` and the older `.tmp-<part>-<pid>`) are removed from the version folder, the part stores and the
-  lock folder. One whose writer is still alive is left alone.
+  `.<name>.<pid>.tmp.npy`, part folders `.<part>.<pid>.tmp` and the older `.tmp-<part>-<pid>`) are removed
+  from the version folder, the part stores and the lock folder. One whose writer is still alive is left alone.
 - `intact(plan)`: a version whose manifest says it is complete is trusted only while its outputs still
   match the manifest: every listed file present, of its recorded size, and, if modified after the manifest
   was written, of its recorded content hash (so a check costs a stat per file, not a re-read; such a hash
