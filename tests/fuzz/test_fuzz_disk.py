@@ -163,7 +163,9 @@ def read_only_store(tmp_path, monkeypatch):
     version = store / "synthetic" / "0123456789abcdef"
     version.mkdir(parents=True)
     (version / "a.txt").write_text("hello")
-    record = {"lock_format": "2", "outputs": {"a.txt": {"hash": hash_file(version / "a.txt"), "size": 5}}}
+    record = {"lock_format": "2", "outputs": {"a.txt": {"hash": hash_file(version / "a.txt"), "size": 5}},
+              "num_classes": 7, "classes": [], "stages": {}, "stores": {}, "stage_versions": {}, "config": {},
+              "stage_configs": {}, "crops": {}, "sources": {}, "summary": {}}     # every field a lock is read with
     write_lock("synthetic", "0123456789abcdef", record)
     (version / "manifest.json").write_text(json.dumps({"dataset": "synthetic", "version": "0123456789abcdef",
                                                        **record}))
