@@ -90,6 +90,6 @@ def test_a_spec_named_to_escape_writes_nothing_anywhere(tmp_path, monkeypatch):
 def test_plain_names_still_pass():
     stages = resolve_stage_configs(load_prepare_config(None, [], graphs={"spaces": ["au", "landmarks_procrustes"]},
                                                        noise={"variants": ["sym-0.30-s2"]}))
-    assert stages.spaces == ("au", "landmarks_procrustes") and stages.noise == ("clean", "sym-0.30-s2")
+    assert stages.graphs.spaces == ("au", "landmarks_procrustes") and stages.noise == ("clean", "sym-0.30-s2")
     with pytest.raises(ConfigError, match="graph space 'AU' must be lower case"):
         resolve(graphs={"spaces": ["AU"]})
