@@ -33,7 +33,7 @@ import pyarrow as pa
 from pipeline.contract import crops as store
 from pipeline.contract.errors import ArtifactError, ConfigError
 from pipeline.contract.hashing import HashCache
-from pipeline.contract.lock import artifacts_root, cache_root, manifests_root, read_lock
+from pipeline.contract.lock import artifacts_root, cache_root, manifests_root, read_lock, verify_hint
 from pipeline.contract.names import PLAIN_NAME, plain_name
 from pipeline.contract.tables import CROPS_DIR, MANIFEST
 
@@ -58,11 +58,6 @@ def _hash_cache() -> HashCache:
                             "process only, so each run re-hashes what it reads", path, exc)
                 _CACHE[str(path)] = HashCache(None)
         return _CACHE[str(path)]
-
-
-def verify_hint(dataset: str, version: str) -> str:
-    return (f"`make verify DATASET={dataset} VERSION={version}` lists every difference from its lock; "
-            f"prepare it again to repair it")
 
 
 def resolve_version(dataset: str, version: str, manifests: Path | None = None) -> str:

@@ -113,7 +113,12 @@ def _load_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not JSON ({exc}); prepare the version again to rewrite it") from None
+        raise ArtifactError(f"{path} is not valid JSON ({exc})") from None
+
+
+def verify_hint(dataset: str, version: str) -> str:
+    return (f"`make verify DATASET={dataset} VERSION={version}` lists every difference from its lock; "
+            f"prepare it again to repair it")
 
 
 # --- write, read -------------------------------------------------------------------------------------------
@@ -207,8 +212,11 @@ def read_lock(dataset: str, version: str = "latest", root: Path | None = None) -
     if not path.is_file():
         known = sorted(p.stem for p in versions.glob("*.json"))
         raise ArtifactError(f"no lock for {dataset} version {version!r}; known versions: {', '.join(known) or 'none'}")
-    record = check_lock(_load_json(path), str(path))
-    if record["version"] != version:
-        raise ArtifactError(f"{path}: field 'version' is {record['version']!r}, not the file's {version!r}: it was "
-                            f"edited or copied; restore it or prepare the version again")
+    try:
+        record = check_lock(_load_json(path), str(path))
+        if record["version"] != version:
+            raise ArtifactError(f"{path}: field 'version' is {record['version']!r}, not the file's {version!r} (the "
+                                f"lock was edited or copied)")
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc}; {verify_hint(dataset, version)}") from None
     return record

@@ -82,7 +82,7 @@ def test_a_lock_with_a_bad_field_fails_on_reading_naming_the_field(tmp_path, cha
     with pytest.raises(ArtifactError, match="field 'outputs' is missing"):
         read_lock("synthetic", root=tmp_path)
     path.write_text("{not json")
-    with pytest.raises(ArtifactError, match="not JSON"):
+    with pytest.raises(ArtifactError, match="is not valid JSON"):
         read_lock("synthetic", root=tmp_path)
 
 
