@@ -5,10 +5,11 @@ module only gives it a `PrefectMapper`. Per-image stages run as one task per sha
 with retries on I/O errors (never on a configuration or data error: a retry would give the same answer),
 Prefect caching keyed on the store fingerprint and the shard's keys, and a progress artefact per stage.
 Global stages that read nothing of each other run as concurrent tasks, one per call (pipeline.stages.base:
-`steps`); the task runner (threads, a Dask LocalCluster, a Dask cluster) decides where. With `runner: processes` (the default) and the thread task runner, each shard task of a
-stage with at least `process_min_images` pending images hands its shard to one of `max_workers` worker
-processes (pipeline.mappers.WorkerPool) and waits: Prefect keeps the caching, retries and progress, the
-processes get past the GIL. Dask workers are processes already.
+`steps`); the task runner (threads, a Dask LocalCluster, a Dask cluster) decides where. With `runner:
+processes` (the default) and the thread task runner, each shard task of a stage with at least
+`process_min_images` pending images hands its shard to one of `max_workers` worker processes
+(pipeline.mappers.ProcessPolicy, the plain runner's policy too) and waits: Prefect keeps the caching,
+retries and progress, the processes get past the GIL. Dask workers are processes already.
 
 No `from __future__ import annotations` here: a served deployment's runner cloudpickles the flow into a
 freshly spawned process, where the flow function keeps only the globals its body names, so a string
@@ -26,8 +27,8 @@ from prefect.futures import as_completed
 
 from pipeline import prepare
 from pipeline.config import PrepareConfig
-from pipeline.mappers import ProcessPolicy, ShardMapper
 from pipeline.contract.errors import FerError
+from pipeline.mappers import ProcessPolicy, ShardMapper
 
 log = logging.getLogger(__name__)
 

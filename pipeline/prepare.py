@@ -189,8 +189,9 @@ def _prepare(config: PrepareConfig, stages: StageConfigs, mapper: ShardMapper, p
     timings["sources"] = time.perf_counter() - start
     require_samples(source)
     plan = plan_version(config, stages, source.fingerprint)
+    complete = is_complete(plan.version_dir, plan.version)
     repair.clean_temporaries(plan)
-    if is_complete(plan.version_dir, plan.version) and repair.intact(plan):   # a damaged version is rebuilt below
+    if complete and repair.intact(plan):                # a damaged version is rebuilt below
         restore_lock(plan.version_dir)
         point_latest(plan.dataset, plan.version)
         log.info("version %s of %s is complete: nothing to do", plan.version, plan.dataset)

@@ -84,9 +84,11 @@ def _stage_fingerprints(stages: StageConfigs, source_fingerprint: str) -> tuple[
         after = [name for name in stage.after if name in names]
         params = stage.params(config) if stage.params else _params(config)
         if stage.per_image:
-            stores[stage.name] = fingerprint(stage.name, stage.version, params, [stores[n] for n in after if n in stores])
+            store_parents = [stores[name] for name in after if name in stores]
+            stores[stage.name] = fingerprint(stage.name, stage.version, params, store_parents)
             params = {"store": stores[stage.name]}
-        chain[stage.name] = fingerprint(stage.name, stage.version, params, [chain[n] for n in after] or [chain["sources"]])
+        parents = [chain[name] for name in after] or [chain["sources"]]
+        chain[stage.name] = fingerprint(stage.name, stage.version, params, parents)
     parents = {name for stage in enabled for name in stage.after}
     return chain, stores, [stage.name for stage in enabled if stage.name not in parents]
 

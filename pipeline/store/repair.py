@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.contract.lock import manifests_root, point_latest  # noqa: F401 - re-exported: a repair step
+from pipeline.contract.lock import manifests_root
 from pipeline.contract.tables import MANIFEST
 from pipeline.store.hashing import HashCache, default_hash_cache
 from pipeline.store.plan import VersionPlan
