@@ -146,9 +146,9 @@ def tables(summary: dict) -> str:
 
 
 def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from pipeline.contract.atomic import write_text
+
+    write_text(path, text)
 
 
 def references(path: Path, version: str) -> dict:

@@ -11,13 +11,13 @@ Folds are stratified by the given labels (scikit-learn's StratifiedKFold, shuffl
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.contract.atomic import atomic_path
 from pipeline.contract.classes import class_names
 from pipeline.contract.errors import ConfigError, DataError
 
@@ -80,10 +80,8 @@ def run_fold(job: FoldJob) -> str:
             log.info("fold %d: resuming its run %s", job.k, run_dir)
         fit(config_replace(config, runtime={"resume": str(run_dir)}) if resume else config)
     probs, ids = predict_heldout(config, run_dir, job.variant, job.heldout)
-    oof.parent.mkdir(parents=True, exist_ok=True)
-    tmp = oof.with_name(f".{oof.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, sample_id=ids, probs=probs)
-    os.replace(tmp, oof)
+    with atomic_path(oof, suffix=".npz") as tmp:
+        np.savez(tmp, sample_id=ids, probs=probs)
     log.info("fold %d: %d held-out faces predicted (%.1f s)", job.k, len(ids), time.perf_counter() - tic)
     return str(oof)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.contract.atomic import write_text
 from pipeline.contract.classes import class_names
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,4 @@ def write_report(directory: Path, version, train, signals, summary: dict, config
                   f'<img src="{pr_curves(signals.scores, train.flipped)}" alt="precision-recall curves">']
     parts.append("</body></html>")
     path = directory / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
-    return path
+    return write_text(path, "\n".join(parts))
