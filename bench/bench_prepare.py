@@ -47,7 +47,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_prepare.json"
 AFFECTNET_TRAIN_SHARE = 287_651 / (287_651 + 4_000)       # AffectNet manually annotated: train / validation
 PER_IMAGE_STAGES = ("faces", "landmarks", "action_units")
 STAGE_OF_TASK = {"sources": "sources", "faces-shard": "faces", "landmarks-shard": "landmarks",
-                 "action_units-shard": "action_units", "graph": "graphs", "noise": "noise", "report": "report"}
+                 "action-units-shard": "action_units", "graph": "graphs", "noise": "noise", "report": "report"}
 KNN_BACKENDS = {"pynndescent": {"backend": "pynndescent"}, "faiss-ivf": {"backend": "faiss", "faiss_index": "ivf"}}
 
 

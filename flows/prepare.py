@@ -70,7 +70,8 @@ def step_task(function):
 
 
 def _task_name(stage: str) -> str:
-    return stage.replace(" ", "-")
+    """A Prefect task name: `action_units` -> `action-units`."""
+    return stage.replace(" ", "-").replace("_", "-")
 
 
 class PrefectMapper(ShardMapper):
