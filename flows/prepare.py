@@ -70,7 +70,7 @@ def step_task(function):
 
 
 def _task_name(stage: str) -> str:
-    """A Prefect task name: `action_units` -> `action-units`."""
+    """A Prefect task name: spaces and underscores become hyphens."""
     return stage.replace(" ", "-").replace("_", "-")
 
 
