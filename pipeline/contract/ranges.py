@@ -95,3 +95,13 @@ def declared_ranges(cls: type, prefix: str = "") -> dict[str, Range]:
         if dataclasses.is_dataclass(hints.get(f.name)):
             ranges.update(declared_ranges(hints[f.name], f"{key}."))
     return ranges
+
+
+def check_declared(config: object, prefix: str = "") -> None:
+    """Check every declared range of a built config (and its nested configs), e.g. one made in code or read
+    back from a checkpoint without the builder: the same ConfigError line the builder gives."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        check_range(f"{prefix}{f.name}", value, field_range(f))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_declared(value, f"{prefix}{f.name}.")

@@ -314,3 +314,20 @@ def test_train_cli_refuses_a_config_file_bomb_in_one_line(tmp_path, capsys):
 def test_a_set_value_that_is_no_yaml_stays_text():
     key, value = parse_set("noise=sym\x000.30")          # a NUL: not YAML, the text as typed (names check it)
     assert key == "noise" and str(value) == "sym\x000.30"
+
+
+def test_a_config_made_in_code_meets_the_same_ranges():
+    """check_declared walks a built config (no builder involved) and gives the builder's line."""
+    import dataclasses
+
+    from pipeline.contract.ranges import check_declared
+    from training.config import resolve_config
+
+    config = resolve_config("baseline", "synthetic", "clean")
+    check_declared(config)
+    made = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, log_every=0))
+    with pytest.raises(ConfigError, match=r"config key 'runtime.log_every': 0 is outside its range \[1, "):
+        check_declared(made)
+    made = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=float("nan")))
+    with pytest.raises(ConfigError, match=r"'optim.lr': nan is outside"):
+        check_declared(made)
