@@ -138,28 +138,60 @@ class BalancedSampler(EpochBatchSampler):
         return [BatchRequest(epoch, i, b.astype(np.int64)) for i, b in enumerate(batches)]
 
 
-def group_members(centres: np.ndarray, neighbor_lists: list[tuple[int, np.ndarray, np.ndarray, int]]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Expand [G] centres into groups: centre then each space's first K neighbours.
+def group_members(centres: np.ndarray, neighbor_lists: list[tuple[int, np.ndarray, np.ndarray, int]],
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Expand [G] centres into groups: centre then each space's first k neighbours, no face twice in a group.
 
-    neighbor_lists: (role, neighbours [n, K] positions or -1, similarity [n, K], k) per space.
-    A -1 slot (neighbour not usable for training) is filled with the centre itself and weight 0.
-    Returns indices, group, role, weight, each [G * (1 + sum k)].
+    neighbor_lists: (role, neighbours [n, K] positions or -1, similarity [n, K], k) per space, taken in order.
+    Each space contributes its nearest usable neighbours that are not already in the group (the centre, or
+    an earlier space's neighbour: AU and landmark graphs often share a first neighbour), walking down its K.
+    When a space runs out (-1 slots: not a usable training sample; or duplicates), the slot takes a face
+    drawn with (seed, centre) from the rest of the split with weight 0: it is a training sample of the group
+    but guides nothing. Returns indices, group, role, weight, each [G * (1 + sum k)].
     """
+    spaces = [(r, nbr, sim, k) for r, nbr, sim, k in neighbor_lists if k > 0]
     g = len(centres)
     idx, role, weight = [centres[:, None]], [np.zeros((g, 1), np.int64)], [np.zeros((g, 1), np.float32)]
-    for r, nbr, sim, k in neighbor_lists:
-        if k == 0:
-            continue
-        chosen = nbr[centres, :k]  # [G, k]
-        missing = chosen < 0
-        idx.append(np.where(missing, centres[:, None], chosen))
+    for r, nbr, sim, k in spaces:
+        chosen = nbr[centres, :k]  # [G, k] the plain choice; rows with a conflict are redone below
+        idx.append(chosen.astype(np.int64))
         role.append(np.full((g, k), r, np.int64))
-        weight.append(np.where(missing, 0.0, sim[centres, :k]).astype(np.float32))
-    size = sum(a.shape[1] for a in idx)
+        weight.append(sim[centres, :k].astype(np.float32))
+    members, weights = np.concatenate(idx, 1), np.concatenate(weight, 1)  # [G, 1 + sum k]
+    ordered = np.sort(members, axis=1)                                     # [G, 1 + sum k]
+    conflict = (members < 0).any(1) | (ordered[:, 1:] == ordered[:, :-1]).any(1)  # [G]
+    n = spaces[0][1].shape[0] if spaces else 0
+    for row in np.flatnonzero(conflict):
+        members[row], weights[row] = _unique_group(int(centres[row]), spaces, n, seed)
+    size = members.shape[1]
     group = np.repeat(np.arange(g, dtype=np.int64), size)
-    return (np.concatenate(idx, 1).reshape(-1), group, np.concatenate(role, 1).reshape(-1),
-            np.concatenate(weight, 1).reshape(-1))
+    return members.reshape(-1), group, np.concatenate(role, 1).reshape(-1), weights.reshape(-1)
+
+
+def _unique_group(centre: int, spaces: list, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One group's members [1 + sum k] and weights, every face once (see group_members)."""
+    taken, members, weights, short = {centre}, [centre], [0.0], 0
+    for _, nbr, sim, k in spaces:
+        found = 0
+        for j, candidate in enumerate(nbr[centre].tolist()):
+            if found == k:
+                break
+            if candidate >= 0 and candidate not in taken:
+                taken.add(candidate)
+                members.append(candidate)
+                weights.append(float(sim[centre, j]))
+                found += 1
+        members += [-1] * (k - found)
+        weights += [0.0] * (k - found)
+        short += k - found
+    if short:
+        if n - len(taken) < short:
+            raise ConfigError(f"a group of {len(members)} distinct faces needs more than the split's {n} samples; "
+                              f"lower data.au_neighbors / data.landmark_neighbors")
+        rest = np.setdiff1d(np.arange(n), np.fromiter(taken, np.int64))
+        fillers = iter(np.random.default_rng([seed, centre, 0x6F]).choice(rest, size=short, replace=False).tolist())
+        members = [next(fillers) if m < 0 else m for m in members]
+    return np.asarray(members, np.int64), np.asarray(weights, np.float32)
 
 
 class GroupedBatchSampler(EpochBatchSampler):
@@ -194,6 +226,6 @@ class GroupedBatchSampler(EpochBatchSampler):
         centres = self._rng(epoch).permutation(self.n)
         plan = []
         for i, chunk in enumerate(rank_slices(centres, self.groups_per_batch, self.rank, self.world_size)):
-            idx, group, role, weight = group_members(chunk.astype(np.int64), self.spaces)
+            idx, group, role, weight = group_members(chunk.astype(np.int64), self.spaces, self.seed)
             plan.append(BatchRequest(epoch, i, idx, group, role, weight))
         return plan

@@ -33,6 +33,7 @@ from pipeline.contract.tables import (
     read_table,
     vectors_to_numpy,
 )
+from pipeline.knn.similarity import pairwise_first_neighbour_overlap, similarity_spread
 from pipeline.report import plots
 from pipeline.report.data import VersionData, labels_lookup
 from pipeline.stages import noise
@@ -367,21 +368,28 @@ def graphs_section(data: VersionData) -> str:
     if not paths:
         return absent(f"{GRAPHS_DIR}/*.parquet")
     labels = data.labels_by_id()
-    rows, per_class, details, shares = [], {}, [], None
+    rows, per_class, details, shares, graphs = [], {}, [], None, {}
     for path in paths:
         graph = read_graph(path)
         space = str(graph.metadata.get("space", path.stem))
+        graphs[space] = graph
         overall, per_class[space], shares = neighbour_agreement(labels, graph.sample_id, graph.neighbors,
                                                                 len(data.classes))
+        spread = similarity_spread(graph.similarity)
         rows.append([space, len(graph.sample_id)] + [_meta_value(graph.metadata, keys) for keys in GRAPH_KEYS.values()]
-                    + [overall, float(np.sum(shares ** 2))])
+                    + [overall, float(np.sum(shares ** 2)), spread["median"], spread["p10"], spread["p90"]])
         details.append(f"<details><summary>metadata of {escape(path.name)}</summary>"
                        f"{table(['key', 'value'], flatten(graph.metadata))}</details>")
-    header = ["space", "rows"] + list(GRAPH_KEYS) + ["agreement (computed)", "chance"]
+    header = ["space", "rows"] + list(GRAPH_KEYS) + ["agreement (computed)", "chance", "a_ij median", "a_ij p10",
+                                                     "a_ij p90"]
+    overlaps = table(["graph", "graph", "same first neighbour", "rows compared"],
+                     [list(pair) for pair in pairwise_first_neighbour_overlap(graphs)])
     chart = plots.grouped_bars(per_class, data.classes, "Neighbour label agreement per class", "share of neighbours",
                                value_format="{:.2f}", reference=shares,
                                reference_label=f"class share ({space} rows)")
     return (table(header, rows) + "<p class='muted'>Agreement: share of a row's K neighbours with the same clean "
             "label (samples.parquet), computed here from the neighbours; chance: what random neighbours would "
-            "give (sum of squared class shares). Dashed lines: each class's share of the rows, its chance level.</p>"
-            + image(chart, "neighbour label agreement per class") + "".join(details))
+            "give (sum of squared class shares). Dashed lines: each class's share of the rows, its chance level. "
+            "a_ij: median and 10th/90th percentiles of the similarities (near 1 or 0 everywhere, they carry no "
+            "information). Below: the share of rows whose first neighbour is the same in two graphs.</p>"
+            + overlaps + image(chart, "neighbour label agreement per class") + "".join(details))

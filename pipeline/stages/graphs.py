@@ -3,9 +3,10 @@
 A space names a feature table: action units (35-d intensities + presences, or the 17 intensities),
 landmarks (2P-d raw crop pixels, as in LDL-ALSG, or Procrustes-normalised shapes), valence-arousal
 (2-d, for LDLVA), or any features table a user supplies. Each row's K nearest neighbours
-(pipeline.knn) get the local similarity a_ij = exp(-d_ij^2 / (2 sigma^2)) of LDL-ALSG; sigma comes
-from the config per space (paper: 1 for AUs, 68 for landmark pixels) or 'auto' = the median distance
-to the K-th neighbour. Graphs cover the training split by default, so no held-out image is ever a
+(pipeline.knn) get the local similarity a_ij = exp(-d_ij^2 / (2 sigma^2)) of LDL-ALSG; sigma is 'auto'
+by default for every space (pipeline.knn.similarity: the median distance to the K-th neighbour, so a_ij
+spreads between 0 and 1 whatever the crop size or feature units) or a number per space (the paper's 1
+for AUs and 68 for 224 px landmark pixels). Graphs cover the training split by default, so no held-out image is ever a
 training neighbour. The file metadata records how the graph was built, its recall@K against exact
 search on a seeded query sample, and how often neighbours share the clean label.
 """
@@ -27,6 +28,7 @@ from pipeline.contract.errors import ArtifactError, ConfigError, DataError, choi
 from pipeline.contract.graphs import check_space_name, graph_path, graph_table, write_graph
 from pipeline.contract.ranges import SEED_MAX, bounded
 from pipeline.knn import KnnConfig, backend_params, build_knn_graph, check_config, recall_at_k
+from pipeline.knn.similarity import AUTO_SIGMA, similarity_from_distances, similarity_spread
 from pipeline.stages.base import Stage, register_stage
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,9 @@ log = logging.getLogger(__name__)
 # into the graph file, whose bytes depend on the inputs only.
 TIMING_KEYS = ("build_seconds", "recall_seconds")
 
-STAGE_VERSION = "1.1.0"
+STAGE_VERSION = "1.2.0"  # 1.2: sigma 'auto' for every space; a_ij spread in the metadata
 BUILTIN_SPACES: tuple[str, ...] = ("au", "au17", "landmarks", "landmarks_procrustes", "va")
-DEFAULT_SIGMA: dict[str, float | str] = {
-    "au": 1.0, "au17": 1.0, "landmarks": 68.0, "landmarks_procrustes": "auto", "va": "auto",
-}
+DEFAULT_SIGMA: dict[str, float | str] = {space: AUTO_SIGMA for space in BUILTIN_SPACES}
 SIMILARITY_FORMULA = "exp(-d^2 / (2 sigma^2))"
 DEFAULT_SPACES: tuple[str, ...] = ("au", "landmarks", "va")
 SPACE_INPUTS = {"au": artifacts.ACTION_UNITS, "au17": artifacts.ACTION_UNITS, "landmarks": artifacts.LANDMARKS,
@@ -167,19 +167,6 @@ def procrustes_normalise(points: np.ndarray, iters: int = 3) -> np.ndarray:
 
 # --- graph building -----------------------------------------------------------------------------
 
-def similarity_from_distances(distances: np.ndarray, sigma: float | str) -> tuple[np.ndarray, float]:
-    """a_ij = exp(-d^2 / (2 sigma^2)) -> ([N, K] float32, sigma used); 'auto' = median K-th distance."""
-    if sigma == "auto":
-        kth = distances[:, -1].astype(np.float64)                                # [N]
-        sigma = float(np.median(kth))
-        if sigma <= 0:
-            positive = kth[kth > 0]
-            sigma = float(np.median(positive)) if len(positive) else 1.0
-            log.warning("median K-th neighbour distance is 0 (duplicates); sigma set to %g", sigma)
-    d = distances.astype(np.float64)
-    return np.exp(-d * d / (2.0 * float(sigma) ** 2)).astype(np.float32), float(sigma)
-
-
 def label_agreement(indices: np.ndarray, labels: np.ndarray) -> dict:
     """Share of neighbours with the same (clean, canonical) label, overall and per class.
 
@@ -228,6 +215,7 @@ def build_space_graph(features: np.ndarray, sample_ids: np.ndarray, labels: np.n
     metadata = {
         "space": space, "K": config.knn.k, "metric": config.knn.metric, "sigma": sigma,
         "sigma_mode": "auto" if sigma_setting == "auto" else "config", "similarity": SIMILARITY_FORMULA,
+        "similarity_spread": similarity_spread(similarity),
         "backend": graph.backend, "backend_requested": config.knn.backend,
         "backend_params": {**backend_params(graph.config or config.knn), **graph.params},
         "build_seconds": round(graph.seconds, 3), "recall_seconds": round(recall_seconds, 3),

@@ -49,10 +49,11 @@ def test_sigma_auto_with_all_zero_kth_distances_falls_back():
     assert sigma == 1.0 and (similarity == 1.0).all()
 
 
-def test_paper_sigmas_are_the_defaults():
+def test_sigma_is_auto_for_every_space_and_the_paper_values_can_be_set():
     config = GraphConfig()
-    assert config.sigma_for("au") == 1.0 and config.sigma_for("landmarks") == 68.0
-    assert config.sigma_for("va") == "auto" and config.sigma_for("my_features") == "auto"
+    assert all(config.sigma_for(space) == "auto" for space in ("au", "landmarks", "va", "my_features"))
+    paper = GraphConfig(sigma={"au": 1.0, "landmarks": 68.0})
+    assert paper.sigma_for("au") == 1.0 and paper.sigma_for("landmarks") == 68.0
     with pytest.raises(ConfigError, match="positive number or 'auto'"):
         GraphConfig(sigma={"au": -1}).sigma_for("au")
 
@@ -163,7 +164,10 @@ def test_build_and_write_space_from_a_version_folder(tmp_path):
     config = GraphConfig(knn=KnnConfig(k=3, backend="exact"))
     path, _ = build_and_write_space(tmp_path, "landmarks", config)
     stored = artifacts.read_metadata(path)
-    assert stored["n_rows"] == 29 and stored["splits"] == ["train"] and stored["sigma"] == 68.0
+    assert stored["n_rows"] == 29 and stored["splits"] == ["train"] and stored["sigma_mode"] == "auto"
+    spread = stored["similarity_spread"]
+    assert spread["p10"] <= spread["median"] <= spread["p90"] and spread["spread"] == pytest.approx(
+        spread["p90"] - spread["p10"], abs=1e-5)
     assert set(stored["label_agreement"]["per_class"]) <= {"neutral", "happiness", "sadness", "surprise",
                                                            "fear", "disgust", "anger"}
     graph = read_graph(path)

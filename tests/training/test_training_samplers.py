@@ -48,13 +48,35 @@ def test_shuffle_state_resumes_remaining_batches_and_ranks_are_disjoint():
         ShuffleSampler(5, 8).plan(0)
 
 
-def test_group_members_fill_missing_neighbours_with_zero_weight_centre():
+def test_group_members_fill_missing_neighbours_with_another_face_of_weight_zero():
     nbr = np.array([[1, -1], [0, 2], [1, 0]])
     sim = np.array([[0.9, 0.0], [0.8, 0.7], [0.6, 0.5]], np.float32)
     idx, group, role, weight = group_members(np.array([0, 2]), [(1, nbr, sim, 2)])
-    assert idx.tolist() == [0, 1, 0, 2, 1, 0]
+    assert idx.tolist() == [0, 1, 2, 2, 1, 0]   # centre 0's missing slot: the only other face, 2
     assert group.tolist() == [0, 0, 0, 1, 1, 1] and role.tolist() == [0, 1, 1, 0, 1, 1]
     np.testing.assert_allclose(weight, [0, 0.9, 0, 0, 0.6, 0.5])
+
+
+def test_group_members_never_hold_a_face_twice():
+    rng = np.random.default_rng(0)
+    n, k = 40, 6
+    # two spaces whose first neighbours mostly agree (as the AU and landmark graphs do), with -1 slots
+    au = np.stack([rng.permutation(np.delete(np.arange(n), i))[:k] for i in range(n)])
+    lm = au.copy()
+    lm[:, 1:] = np.stack([rng.permutation(np.delete(np.arange(n), i))[:k - 1] for i in range(n)])
+    au[::5, 2:] = -1
+    sim = np.linspace(0.9, 0.4, k, dtype=np.float32)[None].repeat(n, 0)
+    spaces = [(1, au, sim, 4), (2, lm, sim, 4)]
+    idx, group, role, weight = group_members(np.arange(n), spaces, seed=3)
+    groups = idx.reshape(n, 9)
+    assert all(len(set(row.tolist())) == 9 for row in groups)
+    weights = weight.reshape(n, 9)
+    assert (groups[:, 5] != lm[:, 0]).all() and (weights[:, 5] < 0.9).all()  # shared first neighbour skipped
+    assert (weights[::5, 3:5] == 0).all() and (weights[1::5, 1:5] > 0).all()  # -1 slots: fillers of weight 0
+    again, *_ = group_members(np.arange(n), spaces, seed=3)
+    np.testing.assert_array_equal(idx, again)             # seeded fillers
+    with pytest.raises(ConfigError, match="distinct faces"):
+        group_members(np.arange(3), [(1, np.full((3, 4), -1), np.zeros((3, 4), np.float32), 4)])
 
 
 def test_grouped_batches_contain_exactly_the_graph_neighbours(tiny_prepared_version):
@@ -74,10 +96,13 @@ def test_grouped_batches_contain_exactly_the_graph_neighbours(tiny_prepared_vers
             centre = sid[rows & (request.role == 0)]
             assert len(centre) == 1
             centres_seen.append(int(centre[0]))
+            assert len(set(sid[rows].tolist())) == 9   # no face twice in a group
+            taken = {int(centre[0])}
             for role in (1, 2):
                 members = rows & (request.role == role) & (request.weight > 0)
                 graph = graphs[role]
-                expected = [n for n in graph.neighbors[centre[0]] if n in in_train][:4]
+                expected = [n for n in graph.neighbors[centre[0]] if n in in_train and n not in taken][:4]
+                taken |= set(expected)
                 assert sid[members].tolist() == expected
                 sims = dict(zip(graph.neighbors[centre[0]].tolist(), graph.similarity[centre[0]].tolist()))
                 np.testing.assert_allclose(request.weight[members], [sims[n] for n in expected], rtol=1e-6)
