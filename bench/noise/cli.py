@@ -15,6 +15,7 @@ from bench.noise.plan import (
     PROJECT_ROOT,
     BenchmarkPlan,
     load_benchmark_file,
+    trainer_method,
 )
 from bench.noise.report import format_markdown
 from pipeline.contract.cli import Alias, config_parser, overrides_of
@@ -39,13 +40,19 @@ def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Be
     methods = _csv(args.methods)
     if args.equal_images and f"baseline{EQUAL_IMAGES}" not in methods:
         methods.append(f"baseline{EQUAL_IMAGES}")
-    unknown = [m for m in methods if m.removesuffix(EQUAL_IMAGES) not in method_names()]
+    unknown = [m for m in methods if trainer_method(m) not in method_names()]
     if unknown or not methods:
         raise ConfigError(f"unknown methods {unknown or methods}; valid choices: {', '.join(method_names())} "
-                          f"(and <method>{EQUAL_IMAGES}, the equal-images control)")
-    stray = sorted(set(per_method) - set(method_names()))
+                          f"(and <method>{EQUAL_IMAGES}, the equal-images control, or <method>@<name>, a row "
+                        f"declared under the benchmark config's methods:)")
+    stray = sorted(m for m in per_method if trainer_method(m) not in method_names())
     if stray:
         raise ConfigError(f"benchmark config names unknown methods {stray}; valid: {', '.join(method_names())}")
+    undeclared = [m for m in methods if "@" in m and not m.endswith(EQUAL_IMAGES) and m not in per_method]
+    if undeclared:
+        raise ConfigError(f"named rows {undeclared} need a layer under `methods:` in the benchmark config "
+                          f"(e.g. methods: {{ldl_alsg@lam0: {{method_config: {{lam: 0}}}}}}); declared: "
+                          f"{sorted(m for m in per_method if '@' in m) or 'none'}")
     try:
         seeds = tuple(int(s) for s in _csv(args.seeds))
     except ValueError as exc:

@@ -18,6 +18,7 @@ from bench.noise.plan import (
     config_fingerprint,
     images_seen,
 )
+from bench.noise.diagnostics import cell_diagnostics
 from bench.noise.report import aggregate, format_markdown, write_csv, write_plot
 from pipeline.contract.atomic import write_text
 from pipeline.contract.errors import ConfigError, FerError
@@ -125,6 +126,7 @@ def run_cell(plan: BenchmarkPlan, cell: Cell, dataset_version: str, fingerprint:
     if branch is not None:
         record["branch"] = branch
         record["metrics"].update({k: branch[k] for k in CELL_METRICS if k in branch})
+    record["diagnostics"] = cell_diagnostics(run_dir, cell.method, record)
     record["seconds"] = round(time.perf_counter() - tic, 2)
     return record
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from pipeline.contract.errors import ConfigError
 
-HARNESS_VERSION = "1.0.0"   # part of every cell fingerprint: a change retrains every cell
+HARNESS_VERSION = "1.1.0"   # part of every cell fingerprint: a change retrains every cell (1.1: diagnostics)
 EQUAL_IMAGES = "@images"    # method label suffix of the equal-images-seen control, e.g. "baseline@images"
+# Any other `<method>@<name>` label is a named row: <method> trained with the benchmark config's
+# `methods.<method>@<name>` layer on top of its own (e.g. ldl_alsg@lam0: the grouped batches, guidance off).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = PROJECT_ROOT / "bench" / "results"
 # Keys that do not change what a cell trains (display, logging, I/O placement); left out of its fingerprint.
@@ -31,8 +33,8 @@ class Cell:
 
     @property
     def trainer_method(self) -> str:
-        """The trainer's method name: the label without the EQUAL_IMAGES suffix."""
-        return self.method.removesuffix(EQUAL_IMAGES)
+        """The trainer's method name: the label without its `@...` suffix (EQUAL_IMAGES or a named row)."""
+        return trainer_method(self.method)
 
     @property
     def equal_images(self) -> bool:
@@ -69,7 +71,8 @@ class BenchmarkPlan:
     def grouped_methods(self) -> list[str]:
         from training.methods import method_class
 
-        return [m for m in self.methods if not m.endswith(EQUAL_IMAGES) and "groups" in method_class(m).needs]
+        return [m for m in self.methods
+                if not m.endswith(EQUAL_IMAGES) and "groups" in method_class(trainer_method(m)).needs]
 
     def images_factor(self) -> int:
         """Images per training sample per epoch of the grouped methods (1 + K neighbours): the control's stretch.
@@ -88,6 +91,11 @@ class BenchmarkPlan:
             raise ConfigError(f"grouped methods see different images per sample {factors}; give them the same "
                               f"data.au_neighbors + data.landmark_neighbors for one equal-images control")
         return next(iter(factors.values()))
+
+
+def trainer_method(label: str) -> str:
+    """'ldl_alsg@lam0' -> 'ldl_alsg'; 'baseline@images' -> 'baseline'; 'soft' -> 'soft'."""
+    return label.split("@", 1)[0]
 
 
 def load_benchmark_file(path: str | Path | None) -> tuple[dict, dict, dict]:
@@ -135,7 +143,10 @@ def base_config(plan: BenchmarkPlan, cell: Cell, extra: list | None = None):
     from training.config import resolve_config
 
     method = cell.trainer_method
-    overrides = flatten(plan.common) + flatten(plan.per_method.get(method) or {}) + list(plan.overrides)
+    overrides = flatten(plan.common) + flatten(plan.per_method.get(method) or {})
+    if cell.method != method and not cell.equal_images:   # a named row: its own layer on top
+        overrides += flatten(plan.per_method.get(cell.method) or {})
+    overrides += list(plan.overrides)
     overrides += [("runtime.seed", cell.seed), ("runtime.runs_root", str(plan.runs_root))] + list(extra or [])
     return resolve_config(method, plan.dataset, cell.variant, None, overrides)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.noise.diagnostics import markdown as diagnostics_markdown
+
 # metric key in a cell's "metrics" -> (table title, shown as a percentage)
 TABLE_METRICS = {
     "test_accuracy": ("Test accuracy (%)", True),
@@ -74,6 +76,7 @@ def format_markdown(summary: dict) -> str:
             cells = [_cell_text(index.get((method, v, metric)), percent) for v in variants]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += diagnostics_markdown(summary["cells"], methods, variants)
     lines += _images_notes(summary["cells"], methods)
     lines += _branch_notes(summary["cells"])
     if summary["dataset"] == "synthetic":

@@ -204,3 +204,29 @@ def test_markdown_names_the_command_and_appends_the_notes_file(tmp_path):
     assert "    python bench/benchmark_noise.py --jobs 2" in text and "LA-Net's EL loss never fires." in text
     plan = build_plan(*parse_args(["--dataset", "synthetic", "--jobs", "2", "--out", str(tmp_path)]))
     assert plan.command.endswith("python bench/benchmark_noise.py --dataset synthetic --jobs 2 --out " + str(tmp_path))
+
+
+def test_named_rows_graph_vote_and_mechanism_diagnostics_in_the_cells(tiny_prepared_version, tmp_path):
+    config = _write_config(tmp_path / "bench.yaml", steps=2)
+    data = yaml.safe_load(config.read_text())
+    data["methods"]["ldl_alsg@lam0"] = {"method_config": {"lam": 0.0}}
+    config.write_text(yaml.safe_dump(data))
+    argv = _argv(tiny_prepared_version, tmp_path, config)
+    argv[argv.index("--methods") + 1] = "ldl_alsg,ldl_alsg@lam0,graph_vote"
+    argv += ["--set", "data.groups_per_batch=2", "--set", "data.au_neighbors=1", "--set", "data.landmark_neighbors=1"]
+    assert main(argv) == 0
+    cells = tmp_path / "results" / "bench_synthetic_test_cells"
+    grouped = json.loads((cells / "ldl_alsg__sym-0.30__s0.json").read_text())
+    control = json.loads((cells / "ldl_alsg@lam0__sym-0.30__s0.json").read_text())
+    vote = json.loads((cells / "graph_vote__sym-0.30__s0.json").read_text())
+    assert grouped["diagnostics"]["summary"]["guidance_share"] > 0
+    assert control["diagnostics"]["summary"]["guidance_share"] == 0.0        # the method's own term off
+    assert 0 < grouped["diagnostics"]["summary"]["aij_median"] < 1
+    assert len(grouped["diagnostics"]["per_epoch"]["guidance_share"]) == 1
+    assert 0.0 <= vote["diagnostics"]["summary"]["vote_changes_label"] <= 1.0
+    markdown = (tmp_path / "results" / "bench_synthetic_test.md").read_text()
+    assert "| ldl_alsg@lam0 |" in markdown and "## Mechanism diagnostics" in markdown
+    assert "LDL-ALSG guidance share of the loss" in markdown
+    undeclared = _argv(tiny_prepared_version, tmp_path, config) + ["--methods", "soft@fast"]
+    with pytest.raises(ConfigError, match="named rows"):
+        build_plan(*parse_args(undeclared))

@@ -6,7 +6,7 @@ import importlib
 from training.methods.base import DataInfo, Method, StepInfo, method_class, method_names, register_method
 
 # Built-in method modules; each registers itself on import (a missing one is an error, never skipped).
-BUILTIN_MODULES = ("baseline", "ldl_alsg", "lanet", "soft", "ldlva", "va_regression")
+BUILTIN_MODULES = ("baseline", "ldl_alsg", "lanet", "soft", "ldlva", "va_regression", "graph_vote")
 
 for _module in BUILTIN_MODULES:
     importlib.import_module(f"{__name__}.{_module}")

@@ -85,4 +85,21 @@ class LdlAlsg(Method):
         ce = F.cross_entropy(logits[centres].float(), batch["label"][centres])
         guide = guidance_loss(logits, batch["group"], batch["role"], batch["weight"], self.roles)
         loss = ce + self.config.lam * guide
-        return {"loss": loss, "logits": logits, "ce": ce.detach(), "guidance": guide.detach()}
+        return {"loss": loss, "logits": logits, "ce": ce.detach(), "guidance": guide.detach(),
+                **guidance_diagnostics(self.config.lam * guide.detach(), loss.detach(), batch["weight"],
+                                       batch["role"])}
+
+
+def guidance_diagnostics(weighted_guide: torch.Tensor, loss: torch.Tensor, weight: torch.Tensor,
+                         role: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Is the mechanism at work? The guidance term's share of the loss, and the spread of the batch's a_ij.
+
+    weighted_guide and loss are scalars; weight [B] a_ij, role [B] (0 centre). Neighbour slots of weight 0
+    (fillers, no usable neighbour) are left out of the a_ij quantiles.
+    """
+    share = weighted_guide / loss.abs().clamp_min(1e-12)
+    a = weight[(role != ROLE_CENTRE) & (weight > 0)].float()                  # [M]
+    if a.numel() == 0:
+        a = torch.zeros(1, device=weight.device)
+    q = torch.quantile(a, torch.tensor([0.1, 0.5, 0.9], device=a.device))    # [3]
+    return {"guidance_share": share, "aij_p10": q[0], "aij_median": q[1], "aij_p90": q[2]}

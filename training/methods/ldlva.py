@@ -220,6 +220,8 @@ class LdlvaMethod(Method):
         self.register_buffer("class_weights", balanced_class_weights(info.class_counts)
                              if config.class_balanced else torch.ones(c))
         self._pending: dict[str, torch.Tensor] = {}
+        # diagnostics only (never trained on, not checkpointed): 1 flipped, 0 clean, -1 not seen in a batch yet
+        self.register_buffer("seen_flipped", torch.full((n,), -1, dtype=torch.int8), persistent=False)
 
     # ---------------------------------------------------------------------------------- neighbours
     def _edges(self, batch, features, probs):
@@ -247,6 +249,8 @@ class LdlvaMethod(Method):
         probs = logits.detach().float().softmax(dim=1)                                  # [R, C]
         centre_rows, centre_of_edge, nb_probs, nb_features, similarity = self._edges(batch, features, probs)
         labels, index = batch["label"][centre_rows], batch["index"][centre_rows]        # [B_c]
+        if "clean_label" in batch:
+            self.seen_flipped[index] = (labels != batch["clean_label"][centre_rows]).to(torch.int8)
 
         if len(nb_features) > 1:
             calib = self.calibration(features[centre_rows][centre_of_edge], nb_features)  # [E]
@@ -313,6 +317,26 @@ class LdlvaMethod(Method):
     def uncertainty(self) -> torch.Tensor:
         """Per-sample lambda_i = sigmoid(lambda_hat_i) [N_train]: low means the given label is doubted."""
         return torch.sigmoid(self.lambda_logit)
+
+    def on_epoch_end(self, epoch, out_dir) -> dict[str, float]:
+        """Does the learned uncertainty find the flipped labels? lambda on flipped vs clean training samples."""
+        return lambda_by_flip(self.uncertainty().detach().float().cpu(), self.seen_flipped.cpu())
+
+
+def lambda_by_flip(lam: torch.Tensor, flipped: torch.Tensor) -> dict[str, float]:
+    """Mean lambda [N] on flipped (flipped == 1) and clean (0) samples, and the AUROC of 1 - lambda for
+    telling flipped from clean (0.5: lambda knows nothing; 1: every flipped label is doubted more than any
+    clean one). Unseen samples (-1) are left out; a side with no sample gives NaN."""
+    lam_f, lam_c = lam[flipped == 1].double(), lam[flipped == 0].double()
+    out = {"lambda_flipped": float(lam_f.mean()) if len(lam_f) else float("nan"),
+           "lambda_clean": float(lam_c.mean()) if len(lam_c) else float("nan"), "lambda_flip_auroc": float("nan")}
+    if len(lam_f) and len(lam_c):                                             # Mann-Whitney U, ties halved
+        from scipy.stats import rankdata
+
+        ranks = rankdata(torch.cat([lam_c, lam_f]).numpy())                   # [Nc + Nf], 1 = smallest lambda
+        rank_clean = float(ranks[:len(lam_c)].sum()) - len(lam_c) * (len(lam_c) + 1) / 2
+        out["lambda_flip_auroc"] = rank_clean / (len(lam_c) * len(lam_f))     # P(lambda_flipped < lambda_clean)
+    return out
 
 
 @register_method

@@ -205,7 +205,22 @@ class SoftMethod(Method):
             "consistency_weight": torch.tensor(weight, device=loss.device),
             "alpha_mean": alpha.detach().mean(),
             "teacher_agreement": (teacher_logits.argmax(1) == logits.argmax(1)).float().mean(),
+            **self._diagnostics(batch, logits, teacher_logits, step),
         }
+
+    def _diagnostics(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     step: StepInfo) -> dict[str, torch.Tensor]:
+        """The teacher's effective horizon (1 / (1 - decay) optimiser steps at this step, against the run's
+        length) and, where the batch carries clean labels (diagnostics only, never trained on), how often
+        teacher and student predict them on the training batch: is the teacher ahead of its student?"""
+        horizon = 1.0 / (1.0 - ema_decay_at(step.step + 1, self.config.ema_decay))
+        out = {"teacher_horizon_steps": torch.tensor(horizon, device=logits.device),
+               "teacher_horizon_share": torch.tensor(horizon / max(1, step.total_steps), device=logits.device)}
+        if "clean_label" in batch:
+            clean = batch["clean_label"]
+            out["student_clean_acc"] = (logits.argmax(1) == clean).float().mean().detach()
+            out["teacher_clean_acc"] = (teacher_logits.argmax(1) == clean).float().mean()
+        return out
 
     @torch.no_grad()
     def after_optimizer_step(self, step: StepInfo) -> None:
