@@ -2,9 +2,12 @@
 benchmarks (`resnet_small`) and a tiny CNN for CPU tests.
 
 `build_backbone(name, weights_path)` returns (module mapping [B, 3, H, W] -> [B, D] features, D). Initial
-weights (e.g. an MS-Celeb-1M ResNet checkpoint) load from a file with `weights_only=True`; keys are
-remapped (wrapper prefixes stripped, classifier heads dropped) and missing, unexpected and
-shape-mismatched keys are reported (logged, and kept on the module as `load_report`).
+weights (e.g. an MS-Celeb-1M ResNet checkpoint, or one written by `python -m training.pretrain`) load from a
+file with `weights_only=True`. The layouts such checkpoints come in are accepted: a plain state_dict, one
+under `state_dict` (or `model_state_dict`, `model`, `net`, `backbone`), keys prefixed `module.` (DataParallel,
+DDP) or another wrapper prefix; a classifier head of any size (`fc.`, `classifier.`, ...) is dropped with a
+logged line, since the method builds its own. Missing, unexpected and shape-mismatched keys are reported
+(logged, and kept on the module as `load_report`).
 """
 from __future__ import annotations
 
@@ -146,9 +149,14 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> LoadReport:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(f"cannot load backbone weights {path} with weights_only=True: {exc}") from exc
-    state, dropped = remap_state_dict(_unwrap_checkpoint(raw))
+    raw_state = _unwrap_checkpoint(raw)
+    state, dropped = remap_state_dict(raw_state)
     own = module.state_dict()
     report = LoadReport(str(path), dropped_head=dropped)
+    if dropped:
+        shapes = ", ".join(f"{key} {tuple(raw_state[key].shape)}" for key in dropped)
+        log.info("backbone weights %s: classifier dropped (%s); the method builds its own for this run's classes",
+                 path, shapes)
     usable = {}
     for key, value in state.items():
         if key not in own:

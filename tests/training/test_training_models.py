@@ -45,3 +45,35 @@ def test_remap_and_bad_paths(tmp_path):
     torch.save({"unrelated.weight": torch.ones(2)}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="no tensor"):
         build_backbone("tiny", tmp_path / "other.pth")
+
+
+def _layout(state: dict, layout: str):
+    if layout == "plain":
+        return state
+    if layout == "state_dict":
+        return {"state_dict": state, "epoch": 40, "best_acc": 0.9}
+    if layout == "module":
+        return {f"module.{k}": v for k, v in state.items()}
+    if layout == "state_dict+module":
+        return {"state_dict": {f"module.{k}": v for k, v in state.items()}, "arch": "resnet18"}
+    raise AssertionError(layout)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet_small"])
+@pytest.mark.parametrize("layout", ["plain", "state_dict", "module", "state_dict+module"])
+def test_every_checkpoint_layout_loads_every_backbone_tensor(tmp_path, caplog, backbone, layout):
+    torch.manual_seed(1)
+    source, dim = build_backbone(backbone)
+    state = dict(source.state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.randn(12666, dim), torch.randn(12666)  # a classifier of another size
+    path = tmp_path / f"{layout}.pth"
+    torch.save(_layout(state, layout), path)
+    torch.manual_seed(2)
+    with caplog.at_level("INFO", logger="training.models"):
+        net, _ = build_backbone(backbone, path)
+    report = net.load_report
+    assert not report.missing and not report.unexpected and not report.mismatched
+    assert len(report.dropped_head) == 2
+    assert any("classifier dropped" in r.message and "(12666, " in r.message for r in caplog.records)
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[key], value)
