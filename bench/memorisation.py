@@ -2,12 +2,13 @@
 
     python bench/memorisation.py [--config training/configs/benchmark_memorise_cpu.yaml] [--n 1500]
         [--crop 64] [--noise clean,sym-0.30,asym-0.30] [--seed 0] [--threads 2] [--work /tmp/fer-memorise]
-        [--validation]
+        [--validation] [--pseudo-va VA_REGRESSOR.pt] [--set key=value ...]
 
 Prepares a synthetic version with the real prepare (bench.prepared: given boxes, provided points, exact graphs,
 --crop pixel crops, label variants clean / sym-0.30 / asym-0.30; --validation: the generator's val split)
-under --work, trains `baseline` with the recipe's
-`train` layer on every variant (evaluating every epoch), and checks the regime of issue 13 item 2 on sym-0.30:
+under --work (--pseudo-va: with the pseudo_va stage replacing the generator's valence-arousal), trains `baseline`
+with the recipe's `train` layer and the --set overrides (e.g. model.weights=PATH, a pretrained backbone) on every
+variant (evaluating every epoch), and checks the regime of issue 13 item 2 on sym-0.30:
   train accuracy on the noisy labels at the end >= clean share + 0.15 (both the last epoch's logged training
       batches and an evaluation-mode pass over the whole training split),
   memorised share of flipped training labels >= 0.30,
@@ -64,7 +65,8 @@ def train_split_accuracy(run_dir: str) -> float:
     return float((out["logits"].argmax(1) == out["label"]).mean())
 
 
-def run_variant(config_file: Path, version, variant: str, seed: int, threads: int, runs: Path) -> dict:
+def run_variant(config_file: Path, version, variant: str, seed: int, threads: int, runs: Path,
+                extra: list | None = None) -> dict:
     """Train the baseline on one variant, evaluating every epoch; its curves and end numbers."""
     from bench.noise.plan import flatten, load_benchmark_file
     from training.config import resolve_config
@@ -75,7 +77,7 @@ def run_variant(config_file: Path, version, variant: str, seed: int, threads: in
     overrides = flatten(common) + [("runtime.eval_every", 1), ("runtime.seed", seed), ("runtime.threads", threads),
                                    ("artifacts_root", str(version.artifacts_root)),
                                    ("manifests_root", str(version.manifests_root)), ("version", version.version),
-                                   ("runtime.runs_root", str(runs))]
+                                   ("runtime.runs_root", str(runs))] + list(extra or [])
     config = resolve_config("baseline", version.dataset, variant, None, overrides)
     wall, cpu = time.perf_counter(), time.process_time()
     final = fit(config)
@@ -103,8 +105,8 @@ def version_split(version, variant: str):
     return opened.split_data("train", variant)
 
 
-def checks(results: dict) -> dict:
-    """The regime's three conditions on sym-0.30 (issue 13 item 2)."""
+def checks(results: dict, min_gap: float = CHECKS["test_gap_to_clean"]) -> dict:
+    """The regime's three conditions on sym-0.30 (issue 13 item 2; issue 19 asks a gap of 0.10: --min-gap)."""
     noisy, clean = results.get("sym-0.30"), results.get("clean")
     if noisy is None or clean is None:
         return {}
@@ -113,7 +115,9 @@ def checks(results: dict) -> dict:
     out = {"clean_share": clean_share, "train_accuracy": train_acc,
            "train_above_clean_share": train_acc - clean_share, "memorised": noisy["memorised"],
            "test_gap_to_clean": clean["test_accuracy"] - noisy["test_accuracy"]}
-    out["passed"] = {key: out[key] >= bound for key, bound in CHECKS.items()}
+    bounds = {**CHECKS, "test_gap_to_clean": min_gap}
+    out["passed"] = {key: out[key] >= bound for key, bound in bounds.items()}
+    out["bounds"] = bounds
     return out
 
 
@@ -156,26 +160,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", action="store_true",
                         help="prepare with the generator's val split (train 60%%, val 20%%, test 20%%)")
     parser.add_argument("--name", default=None, help="output stem (default memorisation_<config stem>)")
+    parser.add_argument("--min-gap", type=float, default=CHECKS["test_gap_to_clean"],
+                        help="test accuracy the baseline must lose on sym-0.30 against clean")
+    parser.add_argument("--pseudo-va", default=None, help="VA regressor (TorchScript): prepare with pseudo-VA")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="training-config override (e.g. model.weights=PATH)")
     args = parser.parse_args(argv)
+    from pipeline.contract.config import parse_set
+
+    extra = [parse_set(item) for item in args.set]
+    prepare_extra = (f"pseudo_va.checkpoint={args.pseudo_va}", "pseudo_va.replace=true") if args.pseudo_va else ()
     variants = [v.strip() for v in args.noise.split(",") if v.strip()]
     version = prepare_small_version(args.work, n=args.n, crop_size=args.crop, variants=tuple(variants),
                                     cache=os.environ.get("FER_CACHE"),
-                                    source_options={"validation": True} if args.validation else None)
+                                    source_options={"validation": True} if args.validation else None,
+                                    extra=prepare_extra)
     load_start = os.getloadavg()
     results = {}
     for variant in variants:
         results[variant] = run_variant(Path(args.config), version, variant, args.seed, args.threads,
-                                       Path(args.work) / "runs")
+                                       Path(args.work) / "runs", extra)
         results[variant]["n_train"] = len(version_split(version, variant))
         log.info("%s: %s", variant, {k: v for k, v in results[variant].items() if k != "curve"})
     name = args.name or f"memorisation_{Path(args.config).stem.replace('benchmark_memorise_', '')}"
     summary = {"command": "python bench/memorisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "config": str(Path(args.config).relative_to(PROJECT)) if Path(args.config).is_relative_to(PROJECT)
                else args.config, "dataset_version": version.version, "n": args.n,
-               "validation": args.validation, "seed": args.seed,
+               "validation": args.validation, "seed": args.seed, "overrides": [list(o) for o in extra],
+               "pseudo_va": args.pseudo_va,
                "threads": args.threads, "load_average_1min_start_end": [round(load_start[0], 2),
                                                                         round(os.getloadavg()[0], 2)],
-               "cpu_count": os.cpu_count(), "checks": checks(results), "results": results}
+               "cpu_count": os.cpu_count(), "checks": checks(results, args.min_gap), "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     plot(results, RESULTS / f"{name}.png", f"baseline, {Path(args.config).name}, synthetic {version.version} "

@@ -82,24 +82,27 @@ def _environment(values: dict[str, str]):
 
 def prepare_small_version(root: str | Path, n: int = 160, crop_size: int = 64,
                           variants: tuple[str, ...] = ("clean", "sym-0.30"), seed: int = 0,
-                          cache: str | Path | None = None, source_options: dict | None = None) -> SmallVersion:
+                          cache: str | Path | None = None, source_options: dict | None = None,
+                          extra: tuple[str, ...] = ()) -> SmallVersion:
     """Prepare (or find already prepared) a small synthetic version under `root`/{artifacts,manifests}.
 
     `cache` holds the generated images (default `root`/cache); the same images serve every n.
     A second call with the same arguments in one process returns at once; in a new process the
     prepare itself finds the finished version and recomputes nothing. `source_options` are more
-    generator options (e.g. {"validation": True}: a val split).
+    generator options (e.g. {"validation": True}: a val split); `extra` more prepare overrides
+    (e.g. ("pseudo_va.checkpoint=va.pt", "pseudo_va.replace=true")).
     """
     import pyarrow.parquet as pq
 
     root = Path(root)
-    key = (str(root.resolve()), n, crop_size, tuple(variants), seed, tuple(sorted((source_options or {}).items())))
+    key = (str(root.resolve()), n, crop_size, tuple(variants), seed, tuple(sorted((source_options or {}).items())),
+           tuple(extra))
     if key in _BUILT and _BUILT[key].directory.is_dir():
         return _BUILT[key]
     env = {"FER_ARTIFACTS": str(root / "artifacts"), "FER_MANIFESTS": str(root / "manifests"),
            "FER_CACHE": str(cache or root / "cache")}
     with _environment(env):
-        summary = run_prepare(small_overrides(n, crop_size, tuple(variants), seed, source_options))
+        summary = run_prepare(small_overrides(n, crop_size, tuple(variants), seed, source_options) + list(extra))
     directory = Path(summary["path"])
     graphs = tuple(sorted(p.stem for p in (directory / "graphs").glob("*.parquet")))
     rows = pq.ParquetFile(directory / "samples.parquet").metadata.num_rows

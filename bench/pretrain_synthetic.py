@@ -24,12 +24,29 @@ DEFAULT_CONFIG = PROJECT / "training" / "configs" / "pretrain_synthetic_cpu.yaml
 BENCHMARK_SEED = 0      # the generator seed of the benchmark versions (bench/memorisation.py, bench.prepared)
 
 
-def main(argv: list[str] | None = None) -> int:
+def pretrain_disjoint(work: str | Path, n: int, source_seed: int, crop: int, config_file: str | Path, out: str | Path,
+                      overrides: list | None = None, command: str | None = None):
+    """Prepare the seed-`source_seed` synthetic source and pretrain on it -> (weights, recipe, version)."""
     from bench.prepared import prepare_small_version
-    from pipeline.contract.config import parse_set
-    from pipeline.contract.errors import ConfigError, FerError
+    from pipeline.contract.errors import ConfigError
     from training.config import resolve_config
     from training.pretrain import pretrain
+
+    if source_seed == BENCHMARK_SEED:
+        raise ConfigError(f"--source-seed {source_seed} is the benchmarks' own generator seed; pretrain on a "
+                          f"disjoint source (another seed)")
+    version = prepare_small_version(work, n=n, crop_size=crop, variants=("clean",), seed=source_seed,
+                                    cache=os.environ.get("FER_CACHE"))
+    layers = [("artifacts_root", str(version.artifacts_root)), ("manifests_root", str(version.manifests_root)),
+              ("version", version.version), ("runtime.runs_root", str(Path(work) / "runs"))]
+    config = resolve_config("baseline", version.dataset, "clean", config_file, layers + list(overrides or []))
+    weights, recipe = pretrain(config, out, command)
+    return weights, recipe, version
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.contract.config import parse_set
+    from pipeline.contract.errors import FerError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,18 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(PROJECT / "pretrained"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    command = "python bench/pretrain_synthetic.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        if args.source_seed == BENCHMARK_SEED:
-            raise ConfigError(f"--source-seed {args.source_seed} is the benchmarks' own generator seed; pretrain "
-                              f"on a disjoint source (another seed)")
-        version = prepare_small_version(args.work, n=args.n, crop_size=args.crop, variants=("clean",),
-                                        seed=args.source_seed, cache=os.environ.get("FER_CACHE"))
-        overrides = [("artifacts_root", str(version.artifacts_root)), ("manifests_root", str(version.manifests_root)),
-                     ("version", version.version), ("runtime.runs_root", str(Path(args.work) / "runs"))]
-        overrides += [parse_set(item) for item in args.set]
-        config = resolve_config("baseline", version.dataset, "clean", args.config, overrides)
-        command = "python bench/pretrain_synthetic.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        weights, recipe = pretrain(config, args.out, command)
+        weights, recipe, version = pretrain_disjoint(args.work, args.n, args.source_seed, args.crop, args.config,
+                                                     args.out, [parse_set(item) for item in args.set], command)
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
