@@ -24,12 +24,12 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python 
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export FER_CACHE=${FER_CACHE:-$WORK/cache}
 start=$(date +%s)
-"$PY" bench/mechanisms.py --scale "$SCALE" --work "$WORK" --out "$WORK/pretrained" "${CHECK[@]}"
+"$PY" bench/mechanisms.py --scale "$SCALE" --work "$WORK" --out "$WORK/pretrained" --noise clean,sym-0.30 "${CHECK[@]}"
 read -r ARTIFACTS MANIFESTS WEIGHTS < <("$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); \
 print(s['env']['FER_ARTIFACTS'], s['env']['FER_MANIFESTS'], s['weights'])" "$WORK/mechanisms.json")
 echo "prepared in $(( $(date +%s) - start )) s"
 FER_ARTIFACTS=$ARTIFACTS FER_MANIFESTS=$MANIFESTS "$PY" bench/benchmark_noise.py --dataset synthetic \
-  --methods baseline,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images \
+  --methods baseline,baseline@scratch,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images \
   --noise sym-0.30 --seeds "$SEEDS" --jobs "$JOBS" --config "$CONFIG" --name "benchmark_mechanisms_${SCALE}" \
   --out "$WORK/results" --runs-root "$WORK/runs" --set "model.weights=$WEIGHTS" "${EXTRA[@]}"
 echo "gpu_science ($SCALE) done in $(( $(date +%s) - start )) s: $WORK/results/benchmark_mechanisms_${SCALE}.md"

@@ -51,7 +51,7 @@ class Scale:
 
 
 SCALES = {
-    "cpu": Scale("pretrain_synthetic_cpu.yaml", "benchmark_mechanisms_cpu.yaml", 2000, 1000, 64, 10),
+    "cpu": Scale("pretrain_synthetic_cpu.yaml", "benchmark_mechanisms_cpu.yaml", 2000, 1000, 64, 5),
     "gpu": Scale("pretrain_synthetic_cuda.yaml", "benchmark_mechanisms_cuda.yaml", 12000, 12000, 128, 8),
     "smoke": Scale("pretrain_synthetic_cpu.yaml", "benchmark_mechanisms_cpu.yaml", 160, 160, 64, 1,
                    extra=(("epochs", 1), ("runtime.max_steps", 2), ("model.backbone", "tiny"),
@@ -105,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/fer-mechanisms")
     parser.add_argument("--out", default=str(PROJECT / "pretrained"), help="folder of the pretrained weights")
     parser.add_argument("--source-seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--noise", default=",".join(VARIANTS), help="label variants of the benchmark version")
     parser.add_argument("--skip-check", action="store_true", help="do not re-check the memorisation regime")
     parser.add_argument("--source-work", default=None, help="where the disjoint source is prepared (<work>/source)")
     parser.add_argument("--weights", default=None,
                         help="reuse weights pretrained on that source (their recipe .json must sit beside them)")
     args = parser.parse_args(argv)
     scale, work = SCALES[args.scale], Path(args.work)
+    variants = tuple(v.strip() for v in args.noise.split(",") if v.strip())
     os.environ.setdefault("FER_CACHE", str(work / "cache"))
     source_work = Path(args.source_work or work / "source")
     try:
@@ -123,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                                                         f"python bench/mechanisms.py --scale {args.scale}")
         va_path, va = train_va_regressor(source, weights, scale, work)
         prepare_extra = (f"pseudo_va.checkpoint={va_path}", "pseudo_va.replace=true")
-        version = prepare_small_version(work / "bench", n=scale.bench_n, crop_size=scale.crop, variants=VARIANTS,
+        version = prepare_small_version(work / "bench", n=scale.bench_n, crop_size=scale.crop, variants=variants,
                                         cache=os.environ["FER_CACHE"], source_options={"validation": True},
                                         extra=prepare_extra)
         check = None
         if not args.skip_check:
             check_argv = ["--config", str(CONFIGS / scale.benchmark_config), "--n", str(scale.bench_n),
                           "--crop", str(scale.crop), "--work", str(work / "bench"), "--validation",
+                          "--noise", ",".join(variants),
                           "--threads", str(args.threads), "--min-gap", "0.10", "--pseudo-va", str(va_path),
                           "--name", f"memorisation_mechanisms_{args.scale}",
                           "--set", f"model.weights={weights}"]
@@ -147,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     env = " ".join(f"{k}={v}" for k, v in version.env.items())
     print(json.dumps(summary, indent=2, default=str))
     print(f"table:\n  {env} python bench/benchmark_noise.py --dataset synthetic "
-          f"--methods baseline,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images "
-          f"--noise {','.join(VARIANTS)} --seeds 0,1,2 --jobs 2 --config {CONFIGS / scale.benchmark_config} "
+          f"--methods baseline,baseline@scratch,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images "
+          f"--noise {','.join(variants)} --seeds 0,1,2 --jobs 2 --config {CONFIGS / scale.benchmark_config} "
           f"--set model.weights={weights}")
     return 0
 

@@ -11,7 +11,8 @@ from pipeline.contract.errors import ConfigError
 HARNESS_VERSION = "1.1.0"   # part of every cell fingerprint: a change retrains every cell (1.1: diagnostics)
 EQUAL_IMAGES = "@images"    # method label suffix of the equal-images-seen control, e.g. "baseline@images"
 # Any other `<method>@<name>` label is a named row: <method> trained with the benchmark config's
-# `methods.<method>@<name>` layer on top of its own (e.g. ldl_alsg@lam0: the grouped batches, guidance off).
+# `methods.<method>@<name>` layer on top of its own and of the --set overrides (e.g. ldl_alsg@lam0: the grouped
+# batches, guidance off; baseline@scratch: model.weights null, the from-scratch reference of a pretrained table).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = PROJECT_ROOT / "bench" / "results"
 # Keys that do not change what a cell trains (display, logging, I/O placement); left out of its fingerprint.
@@ -143,10 +144,9 @@ def base_config(plan: BenchmarkPlan, cell: Cell, extra: list | None = None):
     from training.config import resolve_config
 
     method = cell.trainer_method
-    overrides = flatten(plan.common) + flatten(plan.per_method.get(method) or {})
-    if cell.method != method and not cell.equal_images:   # a named row: its own layer on top
-        overrides += flatten(plan.per_method.get(cell.method) or {})
-    overrides += list(plan.overrides)
+    overrides = flatten(plan.common) + flatten(plan.per_method.get(method) or {}) + list(plan.overrides)
+    if cell.method != method and not cell.equal_images:   # a named row: its own layer on top, after --set
+        overrides += flatten(plan.per_method.get(cell.method) or {})  # (e.g. model.weights: null, from scratch)
     overrides += [("runtime.seed", cell.seed), ("runtime.runs_root", str(plan.runs_root))] + list(extra or [])
     return resolve_config(method, plan.dataset, cell.variant, None, overrides)
 

@@ -21,7 +21,7 @@ class _Block:
         return None
 sys.meta_path.insert(0, _Block())
 '''
-ROWS = ("baseline", "baseline@lr1e-4", "graph_vote", "ldl_alsg", "ldl_alsg@lam0", "lanet", "soft", "ldlva",
+ROWS = ("baseline", "baseline@scratch", "baseline@lr1e-4", "graph_vote", "ldl_alsg", "ldl_alsg@lam0", "lanet", "soft", "ldlva",
         "baseline@images")
 
 

@@ -230,3 +230,20 @@ def test_named_rows_graph_vote_and_mechanism_diagnostics_in_the_cells(tiny_prepa
     undeclared = _argv(tiny_prepared_version, tmp_path, config) + ["--methods", "soft@fast"]
     with pytest.raises(ConfigError, match="named rows"):
         build_plan(*parse_args(undeclared))
+
+
+def test_named_rows_layer_over_the_set_overrides_in_the_mechanisms_config(tmp_path):
+    from bench.noise.plan import Cell, cell_config
+
+    args = ["--dataset", "synthetic", "--config", "training/configs/benchmark_mechanisms_cpu.yaml", "--out",
+            str(tmp_path), "--methods", "baseline,baseline@scratch,baseline@lr1e-4,ldl_alsg,ldl_alsg@lam0,soft,lanet",
+            "--set", "model.weights=/w/resnet_small-0123.pt"]
+    plan = build_plan(*parse_args(args))
+    config = {m: cell_config(plan, Cell(m, "sym-0.30", 0)) for m in plan.methods}
+    assert config["baseline"].model.weights == "/w/resnet_small-0123.pt"
+    assert config["baseline@scratch"].model.weights is None                  # the from-scratch reference
+    assert config["baseline@lr1e-4"].optim.lr == config["soft"].optim.lr == 1e-4
+    assert config["ldl_alsg"].method_config["lam"] == 5e-4 and config["ldl_alsg@lam0"].method_config["lam"] == 0.0
+    assert config["ldl_alsg@lam0"].data.au_neighbors == config["ldl_alsg"].data.au_neighbors == 1
+    assert config["lanet"].batch_size >= 64 and config["lanet"].method_config["k"] == 4
+    assert config["baseline"].data.random_crop and config["baseline"].data.flip
