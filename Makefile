@@ -11,7 +11,7 @@ CONFIG  ?=
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare verify train audit benchmark-noise server serve clean
+.PHONY: help setup setup-gpu setup-fan test test-slow test-all prepare verify train audit benchmark-noise pretrain mechanisms server serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ audit:  ## rank suspect training labels (out-of-fold cleanlab + graph signals), 
 
 benchmark-noise:  ## every method x noise variant x seed: make benchmark-noise DATASET=synthetic METHODS=baseline,soft NOISE=sym-0.30 SEEDS=0,1
 	$(PY) bench/benchmark_noise.py --dataset $(DATASET) --methods $(METHODS) --noise $(NOISE) --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+pretrain:  ## backbone on clean labels of a prepared version, saved by content hash: make pretrain DATASET=synthetic [CONFIG=f.yaml] [ARGS="--set epochs=5"]
+	$(PY) -m training.pretrain --dataset $(DATASET) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+mechanisms:  ## pretrained backbone (disjoint synthetic source), pseudo-VA version and regime check of the mechanisms benchmark: make mechanisms [ARGS="--scale cpu"]
+	$(PY) bench/mechanisms.py $(ARGS)
 
 clean:  ## remove build outputs (keeps .venv, artifacts and runs)
 	rm -rf build *.egg-info .pytest_cache
