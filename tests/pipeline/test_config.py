@@ -119,7 +119,7 @@ def test_prepare_config_resolves_typed_stage_configs(tmp_path):
     config = load_prepare_config(path, ["graphs.k=5", "align.retry_rotations_deg=[20, -20]"], dataset="synthetic")
     stages = resolve_stage_configs(config)
     assert config.shard_size == 50 and stages.graphs.knn.k == 5
-    assert stages.graphs.sigma["au"] == 2.0 and stages.graphs.sigma["landmarks"] == 68.0
+    assert stages.graphs.sigma["au"] == 2.0 and stages.graphs.sigma["landmarks"] == "auto"
     assert stages.align.retry_rotations_deg == (20.0, -20.0)
     assert stages.noise == ("clean", "sym-0.20") and stages.source == {}
     assert resolve_stage_configs(load_prepare_config(None, ["source.n=12"])).source == {"n": 12}
