@@ -36,6 +36,7 @@ if str(PROJECT) not in sys.path:
 log = logging.getLogger("bench.mechanisms")
 CONFIGS = PROJECT / "training" / "configs"
 VARIANTS = ("clean", "sym-0.30", "asym-0.30")
+ROWS = "baseline,baseline@scratch,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva"
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     env = " ".join(f"{k}={v}" for k, v in version.env.items())
     print(json.dumps(summary, indent=2, default=str))
     print(f"table:\n  {env} python bench/benchmark_noise.py --dataset synthetic "
-          f"--methods baseline,baseline@scratch,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images "
+          f"--methods {ROWS} --equal-images "
           f"--noise {','.join(variants)} --seeds 0,1,2 --jobs 2 --config {CONFIGS / scale.benchmark_config} "
           f"--set model.weights={weights}")
     return 0

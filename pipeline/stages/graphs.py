@@ -6,8 +6,8 @@ landmarks (2P-d raw crop pixels, as in LDL-ALSG, or Procrustes-normalised shapes
 (pipeline.knn) get the local similarity a_ij = exp(-d_ij^2 / (2 sigma^2)) of LDL-ALSG; sigma is 'auto'
 by default for every space (pipeline.knn.similarity: the median distance to the K-th neighbour, so a_ij
 spreads between 0 and 1 whatever the crop size or feature units) or a number per space (the paper's 1
-for AUs and 68 for 224 px landmark pixels). Graphs cover the training split by default, so no held-out image is ever a
-training neighbour. The file metadata records how the graph was built, its recall@K against exact
+for AUs and 68 for 224 px landmark pixels). Graphs cover the training split by default, so no held-out
+image is ever a training neighbour. The file metadata records how the graph was built, its recall@K against exact
 search on a seeded query sample, and how often neighbours share the clean label.
 """
 from __future__ import annotations
