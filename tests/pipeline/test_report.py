@@ -201,3 +201,25 @@ def test_a_broken_table_is_noted_not_fatal(tmp_path):
     assert "<h2>Face detection</h2>" in html and "This section could not be drawn" in html
     assert "Not available: graphs/*.parquet is absent" in html
     assert _row("neutral", "1") in html and _row("total", "4") in html
+
+
+def test_graphs_section_gives_the_a_ij_spread_and_the_first_neighbour_overlap(tiny_version, tmp_path):
+    import shutil
+
+    from pipeline.contract.graphs import read_graph
+    from pipeline.knn.similarity import similarity_spread
+    from pipeline.report.data import load_version
+    from pipeline.report.sections import graphs_section
+
+    copy = tmp_path / tiny_version.name
+    shutil.copytree(tiny_version, copy)
+    au = read_graph(copy / "graphs" / "au.parquet")
+    swapped = au.neighbors.copy()
+    swapped[::2, [0, 1]] = swapped[::2, [1, 0]]                   # every second row: another first neighbour
+    write_table(copy / "graphs" / "landmarks.parquet",
+                graph_table(au.sample_id, swapped, au.distances, au.similarity), {"space": "landmarks", "K": K})
+    html = graphs_section(load_version(copy))
+    spread = similarity_spread(au.similarity)
+    assert "a_ij median" in html and f"<td class='num'>{spread['median']:.4g}</td>" in html
+    changed = float(np.mean(swapped[:, 0] != au.neighbors[:, 0]))
+    assert _row("au", "landmarks", f"{1 - changed:.4g}", str(len(au.sample_id))) in html
