@@ -49,14 +49,16 @@ class Scale:
     va_epochs: int
     va_overrides: tuple = ()         # (key, value) layered over the pretrain config for the VA regressor
     extra: tuple = ()                # (key, value) for every training run (e.g. the smoke scale's max_steps)
+    validation: bool = True          # the benchmark version gets the generator's val split (SOFT's branch choice)
 
 
 SCALES = {
     "cpu": Scale("pretrain_synthetic_cpu.yaml", "benchmark_mechanisms_cpu.yaml", 2000, 1000, 64, 5),
     "gpu": Scale("pretrain_synthetic_cuda.yaml", "benchmark_mechanisms_cuda.yaml", 12000, 12000, 128, 8),
-    "smoke": Scale("pretrain_synthetic_cpu.yaml", "benchmark_mechanisms_cpu.yaml", 160, 160, 64, 1,
+    # smoke: the test fixtures' 160 seed-0 faces (no val split: their generated images are reused), 120 source faces
+    "smoke": Scale("pretrain_synthetic_cpu.yaml", "benchmark_mechanisms_cpu.yaml", 120, 160, 64, 1,
                    extra=(("epochs", 1), ("runtime.max_steps", 2), ("model.backbone", "tiny"),
-                          ("runtime.threads", 1))),
+                          ("runtime.threads", 1)), validation=False),
 }
 
 
@@ -127,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         va_path, va = train_va_regressor(source, weights, scale, work)
         prepare_extra = (f"pseudo_va.checkpoint={va_path}", "pseudo_va.replace=true")
         version = prepare_small_version(work / "bench", n=scale.bench_n, crop_size=scale.crop, variants=variants,
-                                        cache=os.environ["FER_CACHE"], source_options={"validation": True},
+                                        cache=os.environ["FER_CACHE"],
+                                        source_options={"validation": True} if scale.validation else None,
                                         extra=prepare_extra)
         check = None
         if not args.skip_check:
             check_argv = ["--config", str(CONFIGS / scale.benchmark_config), "--n", str(scale.bench_n),
-                          "--crop", str(scale.crop), "--work", str(work / "bench"), "--validation",
+                          "--crop", str(scale.crop), "--work", str(work / "bench"),
+                          *(["--validation"] if scale.validation else []),
                           "--noise", ",".join(variants),
                           "--threads", str(args.threads), "--min-gap", "0.10", "--pseudo-va", str(va_path),
                           "--name", f"memorisation_mechanisms_{args.scale}",

@@ -25,7 +25,9 @@ ROWS = ("baseline", "baseline@scratch", "baseline@lr1e-4", "graph_vote", "ldl_al
         "baseline@images")
 
 
-def test_gpu_science_smoke_runs_every_row_on_the_cpu_without_the_heavy_packages(tmp_path, tmp_path_factory):
+def test_gpu_science_smoke_runs_every_row_on_the_cpu_without_the_heavy_packages(tiny_prepared_version, tmp_path,
+                                                                                tmp_path_factory):
+    # tiny_prepared_version: the session's 160 seed-0 faces are generated once into the shared image cache
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(BLOCKER)
