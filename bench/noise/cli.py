@@ -71,7 +71,7 @@ def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Be
     notes = options.get("notes")
     return BenchmarkPlan(args.dataset, tuple(methods), variants, seeds, name, Path(args.out), runs_root,
                          common, per_method, tuple(overrides), args.config, args.force, args.jobs,
-                         command_line(args), str(notes) if notes else None)
+                         command_line(args), str(notes) if notes else None, args.aggregate_only)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--equal-images", action="store_true",
                         help=f"add the control baseline{EQUAL_IMAGES}: the baseline trained for as many images "
                              f"as the grouped methods see (epochs x (1 + K), the schedule stretched alike)")
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="train nothing: write the table of the cells already finished (others shown as -)")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     return args, overrides_of(args)   # --set items (training-config keys of every cell) and shortcuts, in order
@@ -117,5 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     print(format_markdown(summary))
     failed = [k for k, a in summary["actions"].items() if a == "failed"]
     print(f"cells: {sum(a == 'trained' for a in summary['actions'].values())} trained, "
-          f"{sum(a == 'skipped' for a in summary['actions'].values())} already done, {len(failed)} failed")
+          f"{sum(a == 'skipped' for a in summary['actions'].values())} already done, {len(failed)} failed, "
+          f"{sum(a == 'not trained' for a in summary['actions'].values())} not trained")
     return 1 if failed else 0

@@ -212,6 +212,10 @@ def _pending(plan: BenchmarkPlan, dataset: dict) -> tuple[dict, dict, list]:
 def _run_cells(plan: BenchmarkPlan) -> dict:
     dataset = _dataset_info(plan)
     records, actions, todo = _pending(plan, dataset)
+    if plan.aggregate_only:
+        log.info("aggregate only: %d cells finished, %d not trained", len(records), len(todo))
+        actions.update({cell.key: "not trained" for cell, _ in todo})
+        todo = []
     order = [c.key for c in plan.cells()]
 
     def finished(cell: Cell, record: dict, action: str) -> None:

@@ -61,6 +61,7 @@ class BenchmarkPlan:
     jobs: int = 1                    # cells trained at once, each in its own process (harness._run_parallel)
     command: str | None = None       # the command line, shown in the Markdown
     notes: str | None = None         # hand-written Markdown appended to the results' Markdown (benchmark: notes:)
+    aggregate_only: bool = False     # train nothing: write the table of the cells already finished
 
     @property
     def cells_dir(self) -> Path:

@@ -227,6 +227,11 @@ def test_named_rows_graph_vote_and_mechanism_diagnostics_in_the_cells(tiny_prepa
     markdown = (tmp_path / "results" / "bench_synthetic_test.md").read_text()
     assert "| ldl_alsg@lam0 |" in markdown and "## Mechanism diagnostics" in markdown
     assert "LDL-ALSG guidance share of the loss" in markdown
+    # --aggregate-only: the table of the finished cells; seed 1 is not trained
+    assert main(argv + ["--seeds", "0,1", "--aggregate-only"]) == 0
+    summary = json.loads((tmp_path / "results" / "bench_synthetic_test.json").read_text())
+    assert summary["actions"]["graph_vote__sym-0.30__s1"] == "not trained"
+    assert summary["actions"]["graph_vote__sym-0.30__s0"] == "skipped" and not (cells / "graph_vote__sym-0.30__s1.json").exists()
     undeclared = _argv(tiny_prepared_version, tmp_path, config) + ["--methods", "soft@fast"]
     with pytest.raises(ConfigError, match="named rows"):
         build_plan(*parse_args(undeclared))
