@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", default=",".join(VARIANTS), help="label variants of the benchmark version")
     parser.add_argument("--skip-check", action="store_true", help="do not re-check the memorisation regime")
     parser.add_argument("--source-work", default=None, help="where the disjoint source is prepared (<work>/source)")
+    parser.add_argument("--va-regressor", default=None,
+                        help="reuse an exported VA regressor (its bytes are part of the benchmark version id)")
     parser.add_argument("--weights", default=None,
                         help="reuse weights pretrained on that source (their recipe .json must sit beside them)")
     args = parser.parse_args(argv)
@@ -126,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             weights, recipe, source = pretrain_disjoint(source_work, scale.source_n, args.source_seed, scale.crop,
                                                         CONFIGS / scale.pretrain_config, args.out, list(scale.extra),
                                                         f"python bench/mechanisms.py --scale {args.scale}")
-        va_path, va = train_va_regressor(source, weights, scale, work)
+        if args.va_regressor:
+            va_path, va = Path(args.va_regressor), {"reused": args.va_regressor}
+        else:
+            va_path, va = train_va_regressor(source, weights, scale, work)
         prepare_extra = (f"pseudo_va.checkpoint={va_path}", "pseudo_va.replace=true")
         version = prepare_small_version(work / "bench", n=scale.bench_n, crop_size=scale.crop, variants=variants,
                                         cache=os.environ["FER_CACHE"],
