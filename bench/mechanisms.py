@@ -79,6 +79,11 @@ def train_va_regressor(version, weights: Path, scale: Scale, work: Path) -> tupl
     return path, {"test_metrics_on_source": exported.get("test_metrics"), "run_dir": final["run_dir"]}
 
 
+def _shown(path: Path) -> str:
+    """A project file as the results show it: relative to the project root when it lies inside it."""
+    return str(path.relative_to(PROJECT)) if path.is_relative_to(PROJECT) else str(path)
+
+
 def reuse_weights(weights: Path, source_work: Path, scale: Scale, source_seed: int):
     """Weights already pretrained by bench/pretrain_synthetic.py on this source -> (weights, recipe, source version)."""
     from bench.prepared import prepare_small_version
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                         extra=prepare_extra)
         check = None
         if not args.skip_check:
-            check_argv = ["--config", str(CONFIGS / scale.benchmark_config), "--n", str(scale.bench_n),
+            check_argv = ["--config", _shown(CONFIGS / scale.benchmark_config), "--n", str(scale.bench_n),
                           "--crop", str(scale.crop), "--work", str(work / "bench"),
                           *(["--validation"] if scale.validation else []),
                           "--noise", ",".join(variants),
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2, default=str))
     print(f"table:\n  {env} python bench/benchmark_noise.py --dataset synthetic "
           f"--methods {ROWS} --equal-images "
-          f"--noise {','.join(variants)} --seeds 0,1,2 --jobs 2 --config {CONFIGS / scale.benchmark_config} "
+          f"--noise {','.join(variants)} --seeds 0,1,2 --jobs 2 --config {_shown(CONFIGS / scale.benchmark_config)} "
           f"--set model.weights={weights}")
     return 0
 

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         results[variant]["n_train"] = len(version_split(version, variant))
         log.info("%s: %s", variant, {k: v for k, v in results[variant].items() if k != "curve"})
     name = args.name or f"memorisation_{Path(args.config).stem.replace('benchmark_memorise_', '')}"
-    summary = {"command": "python bench/memorisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    shown = [a.replace(f"{PROJECT}/", "") for a in (argv if argv is not None else sys.argv[1:])]
+    summary = {"command": "python bench/memorisation.py " + " ".join(shown),
                "config": str(Path(args.config).relative_to(PROJECT)) if Path(args.config).is_relative_to(PROJECT)
                else args.config, "dataset_version": version.version, "n": args.n,
                "validation": args.validation, "seed": args.seed, "overrides": [list(o) for o in extra],
