@@ -29,7 +29,7 @@ read -r ARTIFACTS MANIFESTS WEIGHTS < <("$PY" -c "import json,sys; s=json.load(o
 print(s['env']['FER_ARTIFACTS'], s['env']['FER_MANIFESTS'], s['weights'])" "$WORK/mechanisms.json")
 echo "prepared in $(( $(date +%s) - start )) s"
 FER_ARTIFACTS=$ARTIFACTS FER_MANIFESTS=$MANIFESTS "$PY" bench/benchmark_noise.py --dataset synthetic \
-  --methods baseline,baseline@scratch,baseline@lr1e-4,graph_vote,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images \
+  --methods baseline,baseline@scratch,baseline@lr1e-4,graph_vote,graph_vote@va,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva --equal-images \
   --noise sym-0.30 --seeds "$SEEDS" --jobs "$JOBS" --config "$CONFIG" --name "benchmark_mechanisms_${SCALE}" \
   --out "$WORK/results" --runs-root "$WORK/runs" --set "model.weights=$WEIGHTS" "${EXTRA[@]}"
 echo "gpu_science ($SCALE) done in $(( $(date +%s) - start )) s: $WORK/results/benchmark_mechanisms_${SCALE}.md"

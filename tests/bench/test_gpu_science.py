@@ -21,8 +21,8 @@ class _Block:
         return None
 sys.meta_path.insert(0, _Block())
 '''
-ROWS = ("baseline", "baseline@scratch", "baseline@lr1e-4", "graph_vote", "ldl_alsg", "ldl_alsg@lam0", "lanet", "soft", "ldlva",
-        "baseline@images")
+ROWS = ("baseline", "baseline@scratch", "baseline@lr1e-4", "graph_vote", "graph_vote@va", "ldl_alsg",
+        "ldl_alsg@lam0", "lanet", "soft", "ldlva", "baseline@images")
 
 
 def test_gpu_science_smoke_runs_every_row_on_the_cpu_without_the_heavy_packages(tiny_prepared_version, tmp_path,
