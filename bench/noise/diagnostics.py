@@ -5,7 +5,8 @@ epoch) and its on_epoch_end numbers (eval/epoch records). Saved in the cell JSON
 ({"per_epoch": {key: [value per epoch]}, "summary": {headline: value}}) and shown in the table:
 
   lanet       confident share: samples whose LDE target's max share exceeds delta, so they join a pseudo-label
-              group of the EL loss (1 - target_ambiguous_share), last epoch and best epoch after the first
+              group of the EL loss (1 - target_ambiguous_share): last epoch, mean over epochs, and the last
+              epoch in which at least 5% of the samples are confident
   soft        teacher-student agreement on training batches; the teacher's effective EMA horizon
               1 / (1 - decay) as a share of the run's steps; epochs in which the teacher predicts the training
               batches' clean labels better than the student (clean labels read for this diagnostic only)
@@ -72,8 +73,9 @@ def summarise(method: str, series: dict[str, list], record: dict | None = None) 
     if base == "lanet" and "target_ambiguous_share" in series:
         confident = [None if v is None else 1.0 - v for v in series["target_ambiguous_share"]]
         out["confident_share_last"] = _last(confident)
-        later = [v for v in confident[1:] if v is not None]
-        out["confident_share_best_after_epoch_1"] = max(later) if later else None
+        out["confident_share_mean"] = _run_mean(confident)
+        formed = [epoch for epoch, v in enumerate(confident, 1) if v is not None and v >= 0.05]
+        out["last_epoch_confident_5pct"] = float(formed[-1]) if formed else 0.0
     elif base == "soft":
         out["teacher_agreement_last"] = _last(series.get("teacher_agreement"))
         out["teacher_horizon_share_end"] = _last(series.get("teacher_horizon_share"))
@@ -107,7 +109,8 @@ def cell_diagnostics(run_dir: str | Path, method: str, record: dict | None = Non
 
 HEADLINES = {   # summary key -> (column title, format)
     "confident_share_last": ("LA-Net confident share (last epoch)", "{:.2f}"),
-    "confident_share_best_after_epoch_1": ("LA-Net confident share (best after epoch 1)", "{:.2f}"),
+    "confident_share_mean": ("LA-Net confident share (mean over epochs)", "{:.2f}"),
+    "last_epoch_confident_5pct": ("LA-Net last epoch with >= 5% confident", "{:.0f}"),
     "teacher_agreement_last": ("SOFT teacher-student agreement (last epoch)", "{:.2f}"),
     "teacher_horizon_share_end": ("SOFT teacher horizon / run steps", "{:.2f}"),
     "epochs_teacher_ahead_on_clean": ("SOFT epochs teacher ahead on clean train labels", "{:.1f}"),
@@ -130,12 +133,14 @@ def markdown(cells: list[dict], methods, variants) -> list[str]:
     for method in methods:
         for variant in variants:
             done = [c for c in cells if c.get("status") == "done" and c["cell"]["method"] == method
-                    and c["cell"]["variant"] == variant and (c.get("diagnostics") or {}).get("summary")]
+                    and c["cell"]["variant"] == variant and (c.get("diagnostics") or {}).get("per_epoch")]
             if not done:
                 continue
+            # recomputed from the stored per-epoch series, so cells written before a headline changed show it too
+            summaries = [summarise(method, c["diagnostics"]["per_epoch"], c) for c in done]
             parts = []
             for key, (title, fmt) in HEADLINES.items():
-                values = [c["diagnostics"]["summary"].get(key) for c in done]
+                values = [summary.get(key) for summary in summaries]
                 values = [v for v in values if v is not None and math.isfinite(v)]
                 if values:
                     text = fmt.format(float(np.mean(values)))
