@@ -44,7 +44,7 @@ def _info() -> DataInfo:
     neighbours = (torch.arange(24).unsqueeze(1) + torch.arange(1, 5)) % 24   # [24, 4]
     graph = (neighbours, torch.ones(24, 4))
     return DataInfo(num_classes=7, num_train=24, class_counts=tuple(int((labels == c).sum()) for c in range(7)),
-                    num_landmarks=68, train_labels=labels, graphs={"va": graph, "au": graph}, has_va=True,
+                    num_landmarks=68, train_labels=labels, graphs={"va": graph, "au": graph, "landmarks": graph}, has_va=True,
                     image_size=32)
 
 
