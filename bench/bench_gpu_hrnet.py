@@ -71,7 +71,7 @@ def measure(device: str, batch: int, dtype: str, steps: int, warmup: int, decode
     """Images/s of HRNet-W18 forward (+ decode) on random [batch, 3, size, size] input in `dtype` (bf16 | fp32)."""
     import torch
 
-    from pipeline.models.hrnet import INPUT_SIZE, HRNetW18, decode_heatmaps
+    from pipeline.models.hrnet import HRNetW18, decode_heatmaps
 
     torch.manual_seed(0)
     model = HRNetW18(68).eval().to(device)

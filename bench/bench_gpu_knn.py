@@ -95,7 +95,6 @@ def main() -> None:
     parser.add_argument("--no-blocked", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    import numpy as np
 
     from pipeline.knn import clustered_points, recall_sample
 

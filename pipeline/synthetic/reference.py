@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.contract.errors import ConfigError, DataError, choices_message
+from pipeline.contract.errors import ConfigError, choices_message
 from pipeline.synthetic.reference_points import (
     OUTPUT_EYE_PX,
     image_digest,

@@ -10,20 +10,18 @@ process this test launched).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from process_group import PROJECT, free_port, started
 from pipeline.config import load_prepare_config
 from pipeline.contract.lock import read_lock
 
-PROJECT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["source.n=24", "shard_size=4", "graphs.k=4", "graphs.backend=exact", "landmarks.backend=dlib",
              "action_units.backend=estimate", "noise.variants=[sym-0.30]", "report=false"]
 PER_IMAGE_STAGES = ("faces", "landmarks", "action-units")     # Prefect task names: `<stage>-shard`
@@ -32,37 +30,10 @@ START_LIMIT_S = 120
 pytestmark = pytest.mark.slow     # three processes importing dask, plus a flow run: ~1 min on 2 shared cores
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _dask_cli(*args: str) -> list[str]:
     """The `dask` command of this interpreter's environment (the console script beside sys.executable)."""
     script = Path(sys.executable).with_name("dask")
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "dask", *args]
-
-
-@contextmanager
-def _process(command: list[str], env: dict, log_path: Path):
-    """Start `command` in its own session; SIGTERM (then SIGKILL) its group on exit."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            yield process
-        finally:
-            for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    process.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
 
 
 def _wait_for_workers(client, count: int, processes: list[subprocess.Popen], logs: list[Path]) -> dict:
@@ -98,27 +69,30 @@ def test_dask_scheduler_and_two_worker_processes_build_the_plain_version(prefect
     plain = _plain_run(tmp_path / "plain", monkeypatch)
     monkeypatch.setenv("FER_ARTIFACTS", str(tmp_path / "cluster" / "artifacts"))
     monkeypatch.setenv("FER_MANIFESTS", str(tmp_path / "cluster" / "manifests"))
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     # the workers see what the flow sees: this checkout, the same roots and cache, the same Prefect API
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), os.environ.get("PYTHONPATH", "")]),
            "DASK_DISTRIBUTED__WORKER__DAEMON": "false"}
     worker_args = ["--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"]
     logs = [tmp_path / "scheduler.log", tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    survivors: dict[str, list[int]] = {}
     with ExitStack() as stack:
-        scheduler = stack.enter_context(_process(
-            _dask_cli("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"), env, logs[0]))
-        workers = [stack.enter_context(_process(_dask_cli("worker", address, "--name", name, *worker_args),
-                                                env, log))
+        scheduler = stack.enter_context(started(
+            "scheduler", _dask_cli("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
+            env, logs[0], survivors))
+        workers = [stack.enter_context(started(name, _dask_cli("worker", address, "--name", name, *worker_args),
+                                               env, log, survivors))
                    for name, log in (("worker-a", logs[1]), ("worker-b", logs[2]))]
         client = stack.enter_context(Client(address, timeout=START_LIMIT_S))
         connected = _wait_for_workers(client, 2, [scheduler, *workers], logs)
         address_of = {info["name"]: addr for addr, info in connected.items()}
         pid_at = client.run(os.getpid)               # {worker address: pid}, asked of each worker itself
         client.get_task_stream()                     # installs the scheduler's task-stream recorder
-        started = time.time()
+        stream_start = time.time()
         distributed = run_flow(load_prepare_config(None, OVERRIDES), dask_address=address)
-        stream = client.get_task_stream(start=started)
+        stream = client.get_task_stream(start=stream_start)
+    assert not any(survivors.values()), f"processes left running after the stop: {survivors}"
     assert distributed["version"] == plain["version"]
     assert distributed["computed"]["faces"] == 24
     assert _output_hashes(tmp_path / "cluster" / "manifests") == _output_hashes(tmp_path / "plain" / "manifests")

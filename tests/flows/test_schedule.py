@@ -20,15 +20,14 @@ import json
 import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from process_group import free_port, started
 
 from flows.schedule import WATCH_TAG
 from pipeline.config import load_prepare_config
@@ -127,57 +126,6 @@ def test_flow_parameters_validate_in_a_freshly_spawned_process():
 
 
 # --- helpers of the slow test ----------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return members
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> list[int]:
-    """SIGTERM the process, SIGKILL its group after `grace_s`; returns the group's survivors (should be [])."""
-    pgid = process.pid                       # start_new_session: the process leads its own group
-    if process.poll() is None:
-        os.killpg(pgid, signal.SIGTERM)      # make and the command it runs
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            process.wait(10)
-    if _group_members(pgid):                 # flow-run children outliving their parent
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(1.0)
-    return _group_members(pgid)
-
-
-@contextmanager
-def _started(label: str, command: list[str], env: dict, log_path: Path, survivors: dict):
-    """Popen in its own session with output to `log_path`; always stopped on exit (survivors[label])."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            yield process
-        finally:
-            survivors[label] = _stop(process)
-
 
 def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -283,7 +231,7 @@ def _remove_schedules(api, deployment: str) -> None:
 def test_served_deployment_runs_on_schedule_reuses_the_version_and_follows_the_watch(tmp_path):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     prefect_env = {"PREFECT_HOME": str(tmp_path / "prefect-home"),
                    "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
@@ -302,13 +250,13 @@ def test_served_deployment_runs_on_schedule_reuses_the_version_and_follows_the_w
                  "PREFECT_RUNNER_POLL_FREQUENCY": "2"}     # pick due runs up within 2 s (default 10)
     survivors: dict[str, list[int]] = {}
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
-    with _started("server", server_command, {**base, **prefect_env}, server_log, survivors) as server, \
+    with started("server", server_command, {**base, **prefect_env}, server_log, survivors) as server, \
             httpx.Client(base_url=prefect_env["PREFECT_API_URL"], timeout=30) as api:
         startup_s = _wait_healthy(api, server, server_log)
         ui_url = f"http://127.0.0.1:{port}"
         ui_settings = httpx.get(f"{ui_url}/ui-settings", timeout=30).json()
         assert ui_settings["api_url"] == f"{ui_url}/api", f"the UI is sent to another API: {ui_settings}"
-        with _started("serve", serve_command, serve_env, serve_log, survivors) as serve:
+        with started("serve", serve_command, serve_env, serve_log, survivors) as serve:
             first, second = _wait_for_completed_runs(api, 2, serve, serve_log, RUNS_LIMIT_S)[:2]
             first_version, first_reused = _run_version(api, first["id"])
             second_version, second_reused = _run_version(api, second["id"])
