@@ -60,6 +60,13 @@ def test_a_run_exports_a_regressor_the_pipeline_applies_alone(tiny_overrides, ti
     assert meta["trained_on"]["version"] == tiny_prepared_version.version
     pseudo_va.check_backend(pseudo_va.PseudoVAConfig(checkpoint=str(tmp_path / "va.pt")))
 
+    # the same training again, in another run folder, exports the same bytes under another file name (its
+    # content hash is part of the pseudo_va stage's version id)
+    again = fit(resolve_config("va_regression", tiny_prepared_version.dataset, "clean", None,
+                               overrides + [("runtime.run_id", "again")]))
+    export_run(again["run_dir"], tmp_path / "other" / "regressor.pt")
+    assert (tmp_path / "other" / "regressor.pt").read_bytes() == (tmp_path / "va.pt").read_bytes()
+
     # the pipeline's preprocessing of stored crops reproduces the trainer's evaluation path
     from training.checkpoint import load_checkpoint
     from training.config import build_method_config

@@ -22,6 +22,7 @@ and measures it end to end on the synthetic set).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import warnings
@@ -158,6 +159,26 @@ def predict_split_va(method: VaRegression, loader, device: torch.device) -> tupl
     return torch.cat(ids).numpy(), torch.cat(values).numpy()
 
 
+def _traced_bytes(predictor: nn.Module, image_size: int, meta_json: str) -> bytes:
+    """TorchScript bytes of the predictor traced on a [2, 3, S, S] batch, with the metadata as an extra file."""
+    buffer = io.BytesIO()  # a buffer: a file's name would become the archive's folder name inside the bytes
+    with warnings.catch_warnings():   # torch 2.13 marks TorchScript deprecated
+        warnings.filterwarnings("ignore", message=r".*torch\\.jit.*deprecated", category=FutureWarning)
+        traced = torch.jit.trace(predictor, torch.zeros(2, 3, image_size, image_size))
+        torch.jit.save(traced, buffer, _extra_files={va_regressor.META_FILE: meta_json})
+    return buffer.getvalue()
+
+
+def _traced_bytes_in_fresh_process(predictor: nn.Module, image_size: int, meta_json: str) -> bytes:
+    """_traced_bytes in a new interpreter: TorchScript names its classes ___torch_mangle_<n> by how many it
+    compiled before in the process, so only a fresh one makes the bytes depend on the weights alone."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_traced_bytes, predictor, image_size, meta_json).result()
+
+
 def export_regressor(method: VaRegression, path: str | Path, image_size: int, source_size: int,
                      extra: dict | None = None) -> Path:
     """Write the TorchScript VA regressor with its metadata (va_regressor.META_FILE); returns the path."""
@@ -171,14 +192,11 @@ def export_regressor(method: VaRegression, path: str | Path, image_size: int, so
                                     "centre-crop image_size, divide by 255, subtract mean, divide by std",
                       "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             **(extra or {})}
-    predictor = method.predictor()
-    example = torch.zeros(2, 3, image_size, image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), atomic_path(path) as tmp:   # torch 2.13 marks TorchScript deprecated
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
-        traced = torch.jit.trace(predictor, example)
-        torch.jit.save(traced, str(tmp), _extra_files={va_regressor.META_FILE: json.dumps(meta, sort_keys=True)})
+    data = _traced_bytes_in_fresh_process(method.predictor(), int(image_size), json.dumps(meta, sort_keys=True))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     log.info("exported the VA regressor to %s (%s)", path, json.dumps(meta["input"]))
     return path
 
@@ -205,7 +223,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
                                  device)
     truth = version.va[ids] if version.va is not None else np.full_like(pred, np.nan)
     metrics = va_metrics(pred, truth)
-    extra = {"trained_on": {"dataset": config.dataset, "version": version.version, "run": Path(run_dir).name,
-                            "epochs": int(ckpt["epoch"])}, "test_metrics": metrics}
+    # what the weights came from, nothing that names this run's folder or time: the same training, the same bytes
+    extra = {"trained_on": {"dataset": config.dataset, "version": version.version, "epochs": int(ckpt["epoch"]),
+                            "seed": int(config.runtime.seed)}, "test_metrics": metrics}
     export_regressor(method, out, config.data.image_size, config.data.resize or version.crop_size, extra)
     return {"path": str(out), "test_metrics": metrics}
