@@ -64,14 +64,26 @@ def build_plan(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> Be
         raise ConfigError("give at least one noise variant (--noise) and one seed (--seeds)")
     name = args.name or str(options.get("name", "benchmark_noise_{dataset}")).format(dataset=args.dataset)
     runs_root = Path(args.runs_root or Path(os.environ.get("FER_RUNS") or PROJECT_ROOT / "runs") / "benchmarks")
-    unknown_options = sorted(set(options) - {"name", "notes"})
+    unknown_options = sorted(set(options) - {"name", "notes", "controls"})
     if unknown_options:
         raise ConfigError(f"benchmark config {args.config}: unknown benchmark options {unknown_options}; "
-                          f"valid: name, notes")
+                          f"valid: controls, name, notes")
     notes = options.get("notes")
     return BenchmarkPlan(args.dataset, tuple(methods), variants, seeds, name, Path(args.out), runs_root,
                          common, per_method, tuple(overrides), args.config, args.force, args.jobs,
-                         command_line(args), str(notes) if notes else None, args.aggregate_only)
+                         command_line(args), str(notes) if notes else None, args.aggregate_only,
+                         _controls(options.get("controls"), args.config))
+
+
+def _controls(raw, config_file) -> tuple:
+    """benchmark: controls: {method: [row, ...]} -> ((method, (row, ...)), ...): the rows a method must beat."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(r, str) for r in v)
+                                            for v in raw.values()):
+        raise ConfigError(f"benchmark config {config_file}: benchmark.controls must map a method to a list of "
+                          f"row names (e.g. ldlva: [baseline, graph_vote]), got {raw!r}")
+    return tuple((str(method), tuple(rows)) for method, rows in raw.items())
 
 
 def command_line(args: argparse.Namespace) -> str:

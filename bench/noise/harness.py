@@ -279,6 +279,7 @@ def write_outputs(plan: BenchmarkPlan, dataset: dict, records: list[dict], actio
                "methods": list(plan.methods), "variants": list(plan.variants), "seeds": list(plan.seeds),
                "config_file": plan.config_file, "overrides": [list(o) for o in plan.overrides],
                "command": plan.command, "jobs": plan.jobs, "notes_file": plan.notes,
+               "controls": {method: list(rows) for method, rows in plan.controls},
                "machine": machine_info(), "harness_version": HARNESS_VERSION,
                "written": time.strftime("%Y-%m-%d %H:%M:%S"), "actions": actions, "table": rows,
                "cells": records}

@@ -62,6 +62,7 @@ class BenchmarkPlan:
     command: str | None = None       # the command line, shown in the Markdown
     notes: str | None = None         # hand-written Markdown appended to the results' Markdown (benchmark: notes:)
     aggregate_only: bool = False     # train nothing: write the table of the cells already finished
+    controls: tuple = ()             # ((method, (row, ...)), ...): the rows each method must beat (benchmark: controls:)
 
     @property
     def cells_dir(self) -> Path:

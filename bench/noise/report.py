@@ -76,6 +76,7 @@ def format_markdown(summary: dict) -> str:
             cells = [_cell_text(index.get((method, v, metric)), percent) for v in variants]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += verdict_markdown(summary.get("controls") or {}, index, variants)
     lines += diagnostics_markdown(summary["cells"], methods, variants)
     lines += _images_notes(summary["cells"], methods)
     lines += _branch_notes(summary["cells"])
@@ -86,6 +87,42 @@ def format_markdown(summary: dict) -> str:
         lines += [f"Command ({summary.get('jobs', 1)} cells at a time):", "", f"    {summary['command']}", ""]
     lines += _notes(summary.get("notes_file"))
     return "\n".join(lines)
+
+
+def verdict(method_row: dict, control_rows: list[dict]) -> dict:
+    """Does a method beat every control by more than the seed spread? Test-accuracy rows of aggregate().
+
+    The spread of one comparison is the larger sample std (over seeds) of the two rows; a difference of
+    the means above it counts as a win. Returns {"beats_all", "differences": [(control, diff, spread)]}.
+    """
+    differences = []
+    for control in control_rows:
+        spread = max(method_row["std"] or 0.0, control["std"] or 0.0)
+        differences.append((control["method"], method_row["mean"] - control["mean"], spread))
+    return {"beats_all": all(diff > spread for _, diff, spread in differences), "differences": differences}
+
+
+def verdict_markdown(controls: dict, index: dict, variants) -> list[str]:
+    """Per method and noise variant: its test-accuracy difference to each control (benchmark: controls:)."""
+    if not controls:
+        return []
+    lines = ["## Against the controls (test accuracy, points)", "",
+             "Each entry: the method's mean minus the control's mean, and in brackets the seed spread (the "
+             "larger of the two rows' std); **yes** where the method beats every control by more than its spread.",
+             "", "| Method | " + " | ".join(variants) + " |", "| --- | " + " | ".join("---" for _ in variants) + " |"]
+    for method, rows in controls.items():
+        cells = []
+        for variant in variants:
+            mine = index.get((method, variant, "test_accuracy"))
+            others = [index.get((row, variant, "test_accuracy")) for row in rows]
+            if mine is None or mine["mean"] is None or any(o is None or o["mean"] is None for o in others):
+                cells.append("-")
+                continue
+            result = verdict(mine, others)
+            parts = [f"{name} {diff * 100:+.1f} ({spread * 100:.1f})" for name, diff, spread in result["differences"]]
+            cells.append(("**yes**: " if result["beats_all"] else "no: ") + ", ".join(parts))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _notes(path: str | None) -> list[str]:

@@ -252,3 +252,36 @@ def test_named_rows_layer_over_the_set_overrides_in_the_mechanisms_config(tmp_pa
     assert config["ldl_alsg@lam0"].data.au_neighbors == config["ldl_alsg"].data.au_neighbors == 1
     assert config["lanet"].batch_size >= 64 and config["lanet"].method_config["k"] == 4
     assert config["baseline"].data.random_crop and config["baseline"].data.flip
+
+
+def test_the_verdict_against_controls_counts_a_win_only_above_the_seed_spread(tmp_path):
+    from bench.noise.report import aggregate, format_markdown, verdict
+
+    def cell(method, seed, acc):
+        return {"cell": {"method": method, "variant": "sym-0.30", "seed": seed}, "status": "done",
+                "metrics": {"test_accuracy": acc}}
+
+    accs = {"m": (0.80, 0.84), "base": (0.70, 0.72), "vote": (0.78, 0.80)}
+    rows = aggregate([cell(m, s, a) for m, pair in accs.items() for s, a in enumerate(pair)],
+                     list(accs), ["sym-0.30"])
+    index = {(r["method"], r["variant"], r["metric"]): r for r in rows}
+    row = lambda m: index[(m, "sym-0.30", "test_accuracy")]  # noqa: E731
+    assert verdict(row("m"), [row("base")])["beats_all"]                     # +11 points, spread 2.8
+    result = verdict(row("m"), [row("base"), row("vote")])                   # +3 points, spread 2.8: a win
+    assert result["beats_all"] and result["differences"][1][0] == "vote"
+    assert result["differences"][1][1] == pytest.approx(0.03)
+    assert not verdict(row("vote"), [row("m")])["beats_all"]
+    summary = {"dataset": "synthetic", "dataset_version": "v", "methods": list(accs), "variants": ["sym-0.30"],
+               "seeds": [0, 1], "table": rows, "cells": [], "machine": {"description": "2-core CPU"},
+               "config_file": None, "overrides": [], "controls": {"m": ["base", "vote"], "vote": ["m"]}}
+    text = format_markdown(summary)
+    assert "| m | **yes**: base +11.0 (2.8), vote +3.0 (2.8) |" in text
+    assert "| vote | no: m -3.0 (2.8) |" in text
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("benchmark: {controls: {m: base}}\ntrain: {}\n")
+    with pytest.raises(ConfigError, match="controls"):
+        build_plan(*parse_args(["--dataset", "synthetic", "--config", str(bad)]))
+    plan = build_plan(*parse_args(["--dataset", "synthetic", "--config", "training/configs/benchmark_mechanisms_cpu.yaml",
+                                   "--out", str(tmp_path)]))
+    assert dict(plan.controls)["ldlva"][:2] == ("baseline", "graph_vote")
