@@ -6,7 +6,9 @@ epoch) and its on_epoch_end numbers (eval/epoch records). Saved in the cell JSON
 
   lanet       confident share: samples whose LDE target's max share exceeds delta, so they join a pseudo-label
               group of the EL loss (1 - target_ambiguous_share): last epoch, mean over epochs, and the last
-              epoch in which at least 5% of the samples are confident
+              epoch in which at least 5% of the samples are confident, mean over the run's second half (after
+              the one-hot start has decayed); the share of confident targets whose argmax is the clean class;
+              what shapes the LDE estimate: its max share and the spread of c_ij within a row
   soft        teacher-student agreement on training batches; the teacher's effective EMA horizon
               1 / (1 - decay) as a share of the run's steps; epochs in which the teacher predicts the training
               batches' clean labels better than the student (clean labels read for this diagnostic only)
@@ -76,6 +78,10 @@ def summarise(method: str, series: dict[str, list], record: dict | None = None) 
         out["confident_share_mean"] = _run_mean(confident)
         formed = [epoch for epoch, v in enumerate(confident, 1) if v is not None and v >= 0.05]
         out["last_epoch_confident_5pct"] = float(formed[-1]) if formed else 0.0
+        out["confident_share_second_half"] = _run_mean(confident[len(confident) // 2:])
+        out["confident_precision_last"] = _last(series.get("target_confident_precision"))
+        out["estimate_max_share_mean"] = _run_mean(series.get("lde_new_max_share"))
+        out["contribution_spread_mean"] = _run_mean(series.get("lde_expression_contribution_row_spread"))
     elif base == "soft":
         out["teacher_agreement_last"] = _last(series.get("teacher_agreement"))
         out["teacher_horizon_share_end"] = _last(series.get("teacher_horizon_share"))
@@ -111,6 +117,10 @@ HEADLINES = {   # summary key -> (column title, format)
     "confident_share_last": ("LA-Net confident share (last epoch)", "{:.2f}"),
     "confident_share_mean": ("LA-Net confident share (mean over epochs)", "{:.2f}"),
     "last_epoch_confident_5pct": ("LA-Net last epoch with >= 5% confident", "{:.0f}"),
+    "confident_share_second_half": ("LA-Net confident share (mean over the second half)", "{:.2f}"),
+    "confident_precision_last": ("LA-Net confident targets' argmax = clean class (last epoch)", "{:.2f}"),
+    "estimate_max_share_mean": ("LA-Net new estimate's max share (mean over epochs)", "{:.2f}"),
+    "contribution_spread_mean": ("LA-Net c_ij spread within a row (max - min, mean)", "{:.3f}"),
     "teacher_agreement_last": ("SOFT teacher-student agreement (last epoch)", "{:.2f}"),
     "teacher_horizon_share_end": ("SOFT teacher horizon / run steps", "{:.2f}"),
     "epochs_teacher_ahead_on_clean": ("SOFT epochs teacher ahead on clean train labels", "{:.1f}"),

@@ -31,3 +31,13 @@ def test_headlines_per_method():
             "diagnostics": {"per_epoch": {"target_ambiguous_share": [0.0, 1.0]}}}
     text = "\n".join(markdown([cell], ["lanet"], ["sym-0.30"]))
     assert "## Mechanism diagnostics" in text and "LA-Net confident share (mean over epochs) 0.50" in text
+
+
+def test_lanet_headlines_after_the_one_hot_start():
+    series = {"target_ambiguous_share": [0.0, 0.0, 0.4, 0.6], "target_confident_precision": [0.7, 0.7, 0.9, 0.95],
+              "lde_new_max_share": [0.3, 0.5], "lde_expression_contribution_row_spread": [0.01, 0.03]}
+    lanet = summarise("lanet@d05", series)
+    assert lanet["confident_share_second_half"] == pytest.approx(0.5)     # epochs 3-4: 0.6 and 0.4
+    assert lanet["confident_precision_last"] == 0.95
+    assert lanet["estimate_max_share_mean"] == pytest.approx(0.4)
+    assert lanet["contribution_spread_mean"] == pytest.approx(0.02)

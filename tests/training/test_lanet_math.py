@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.contract.layouts import AFLW19_FROM_IBUG68, aflw19_from_ibug68_torch
 from training.evaluate import js_divergence_bits
-from training.methods.lanet.diagnostics import target_recovery, vote_divergence
+from training.methods.lanet.diagnostics import LDEEpochStats, confident_precision, target_recovery, vote_divergence
 from training.methods.lanet.el import MemoryBank, contrastive_loss, momentum_update, pseudo_labels, same_group_mask
 from training.methods.lanet.landmarks import (
     adaptive_wing_loss,
@@ -318,3 +318,34 @@ def test_flipped_recovery_and_vote_divergence():
     votes = torch.tensor([[1.0, 0.0], [0.0, 4.0], [0.0, 0.0], [1.0, 1.0]])
     div = vote_divergence(targets, noisy, votes)
     assert div["targets_votes_js_bits"] < div["labels_votes_js_bits"]
+
+
+def test_lde_epoch_stats_by_hand():
+    # two batches of 2 samples, K = 1 in the expression space only; means run over all rows of the epoch
+    stats = LDEEpochStats(delta=0.7)
+    first = {"new": torch.tensor([[0.8, 0.2], [0.4, 0.6]]), "probabilities": torch.tensor([[0.9, 0.1], [0.5, 0.5]]),
+             "expression_neighbours": torch.tensor([[1], [0]]),
+             "expression_contributions": torch.tensor([[0.25], [0.75]])}
+    stats.update(first, noisy=torch.tensor([0, 1]), clean=torch.tensor([0, 0]))
+    second = {"new": torch.tensor([[0.7, 0.3], [1.0, 0.0]]), "probabilities": torch.tensor([[0.7, 0.3], [0.6, 0.4]]),
+              "expression_neighbours": torch.tensor([[1], [0]]),
+              "expression_contributions": torch.tensor([[0.5], [0.5]])}
+    stats.update(second, noisy=torch.tensor([1, 1]), clean=None)
+    out = stats.pop()
+    assert out["lde_new_max_share"] == pytest.approx((0.8 + 0.6 + 0.7 + 1.0) / 4)
+    assert out["lde_new_confident_share"] == pytest.approx(2 / 4)     # 0.7 is not above delta
+    assert out["lde_prediction_max"] == pytest.approx((0.9 + 0.5 + 0.7 + 0.6) / 4)
+    assert out["lde_expression_contribution_mean"] == pytest.approx(0.5)
+    assert out["lde_expression_contribution_row_spread"] == 0.0       # one neighbour per row
+    assert out["lde_expression_same_noisy"] == pytest.approx(2 / 4)   # first batch differs, second agrees
+    assert out["lde_expression_same_clean"] == pytest.approx(1.0)     # only the first batch had clean labels
+    assert "lde_landmark_same_noisy" not in out
+    assert stats.pop() == {}                                          # reset after pop
+
+
+def test_confident_precision_counts_only_confident_known_rows():
+    targets = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]])
+    clean = torch.tensor([0, 1, 1, -1, 0])          # row 3 never seen: unknown clean label
+    assert confident_precision(targets, clean, delta=0.55) == pytest.approx(2 / 3)   # rows 0, 1, 2: 0 and 2 right
+    assert confident_precision(targets, clean, delta=0.5) == pytest.approx(2 / 3)    # 0.5 is not above delta
+    assert math.isnan(confident_precision(targets, clean, delta=0.95))

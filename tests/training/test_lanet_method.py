@@ -202,3 +202,23 @@ def test_official_heatmap_head_on_resnet18():
     out["loss"].backward()
     assert _grad_norm(method.landmark_branch.head) > 0 and _grad_norm(method.landmark_branch.backbone) > 0
     assert not any(k.startswith("landmark_branch.trunk.") for k in method.state_dict())
+
+
+def test_epoch_end_reports_what_shapes_the_estimate_then_starts_afresh(tmp_path):
+    method = _method(k=3)
+    gen = torch.Generator().manual_seed(9)
+    for step in range(2):
+        _step(method, _fake_batch(gen, start=8 * step), step=step)
+    metrics = method.on_epoch_end(0, tmp_path)
+    for space in ("expression", "landmark"):
+        assert 0.0 < metrics[f"lde_{space}_contribution_mean"] < 1.0
+        assert 0.0 <= metrics[f"lde_{space}_contribution_row_spread"] < 1.0
+        assert 0.0 <= metrics[f"lde_{space}_same_clean"] <= 1.0
+    # the estimate averages softmax predictions, so its max share never exceeds theirs on average by much
+    assert 1 / NUM_CLASSES <= metrics["lde_new_max_share"] <= 1.0
+    assert 1 / NUM_CLASSES <= metrics["lde_prediction_max"] <= 1.0
+    # after 1 EMA update from one-hot every target keeps > 0.9 on its noisy label: all confident, and the
+    # fake clean label differs on odd indices, so half of the confident argmaxes are right
+    assert metrics["target_ambiguous_share"] == 0.0
+    assert metrics["target_confident_precision"] == pytest.approx(0.5)
+    assert not any(key.startswith("lde_") for key in method.on_epoch_end(1, tmp_path))   # stats reset

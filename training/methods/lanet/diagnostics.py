@@ -55,6 +55,16 @@ def target_recovery(targets: torch.Tensor, noisy_labels: torch.Tensor, clean_lab
             "kept_agreement": out["kept_agreement"]}
 
 
+def confident_precision(targets: torch.Tensor, clean_labels: torch.Tensor, delta: float) -> float:
+    """Share of the confident targets (max share > delta, clean label known: >= 0) whose argmax is the
+    clean class: how right the EL loss's pseudo-label groups are. NaN when no target is confident."""
+    share, labels = targets.max(dim=1)                              # [N], [N]
+    confident = (share > delta) & (clean_labels >= 0)               # [N]
+    if not bool(confident.any()):
+        return float("nan")
+    return float((labels[confident] == clean_labels[confident]).float().mean())
+
+
 def vote_divergence(targets: torch.Tensor, noisy_labels: torch.Tensor, votes: torch.Tensor) -> dict[str, float]:
     """Mean JS divergence in bits (training.evaluate.js_divergence_bits) of the targets from the votes,
     against that of the one-hot noisy labels, over rows with votes (sum > 0)."""
@@ -67,3 +77,50 @@ def vote_divergence(targets: torch.Tensor, noisy_labels: torch.Tensor, votes: to
         "targets_votes_js_bits": float(js_divergence_bits(targets[has_votes].detach().cpu(), rows).mean()),
         "labels_votes_js_bits": float(js_divergence_bits(one_hot[has_votes].cpu(), rows).mean()),
     }
+
+
+class LDEEpochStats:
+    """Running means over one epoch of what shapes the LDE's new estimate (eq. 4), batch by batch:
+
+    lde_new_max_share (mean max share of d_new), lde_new_confident_share (d_new rows above delta),
+    lde_prediction_max (mean max softmax of the predictions p_j that are aggregated), per space
+    lde_<space>_contribution_mean / _row_spread (mean over rows of max - min c_ij) and
+    lde_<space>_same_noisy / _same_clean (share of neighbours with the sample's noisy / clean label).
+    """
+
+    SPACES = ("expression", "landmark")
+
+    def __init__(self, delta: float):
+        self.delta = delta
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def _add(self, name: str, values: torch.Tensor) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(values.float().sum())
+        self.counts[name] = self.counts.get(name, 0) + values.numel()
+
+    @torch.no_grad()
+    def update(self, step: dict[str, torch.Tensor], noisy: torch.Tensor, clean: torch.Tensor | None) -> None:
+        """One batch: `step` is LabelDistributionEstimator.last_step; noisy [B], clean [B] | None labels."""
+        if "new" not in step:
+            return
+        new_max = step["new"].max(dim=1).values                     # [B]
+        self._add("lde_new_max_share", new_max)
+        self._add("lde_new_confident_share", new_max > self.delta)
+        self._add("lde_prediction_max", step["probabilities"].max(dim=1).values)
+        for space in self.SPACES:
+            if f"{space}_neighbours" not in step:
+                continue
+            neighbours, contributions = step[f"{space}_neighbours"], step[f"{space}_contributions"]   # [B, K] each
+            self._add(f"lde_{space}_contribution_mean", contributions)
+            self._add(f"lde_{space}_contribution_row_spread",
+                      contributions.max(dim=1).values - contributions.min(dim=1).values)
+            self._add(f"lde_{space}_same_noisy", noisy[neighbours] == noisy.unsqueeze(1))
+            if clean is not None:
+                self._add(f"lde_{space}_same_clean", clean[neighbours] == clean.unsqueeze(1))
+
+    def pop(self) -> dict[str, float]:
+        """The epoch's means, and a fresh start."""
+        out = {name: self.sums[name] / max(1, self.counts[name]) for name in self.sums}
+        self.sums, self.counts = {}, {}
+        return out

@@ -115,26 +115,35 @@ class LabelDistributionEstimator(nn.Module):
         self.expression_scorer = ContributionScorer(expression_dim, hidden)
         self.landmark_scorer = ContributionScorer(landmark_dim, hidden) if landmark_dim else None
         self.register_buffer("targets", one_hot_targets(train_labels, num_classes))   # [N, C]
+        self.last_step: dict[str, torch.Tensor] = {}    # the last batch's detached pieces, for diagnostics
 
     def space_estimate(self, scorer: ContributionScorer, features: torch.Tensor,
-                       probabilities: torch.Tensor) -> torch.Tensor:
-        """One space's aggregated distribution: features [B, D], probabilities [B, C] -> [B, C]."""
+                       probabilities: torch.Tensor, space: str = "expression") -> torch.Tensor:
+        """One space's aggregated distribution: features [B, D], probabilities [B, C] -> [B, C].
+
+        The space's neighbours [B, K] and contributions [B, K] (detached) are kept in `last_step`.
+        """
         neighbours = cosine_knn(features, self.k)                   # [B, K]
         contributions = scorer(features, neighbours)                # [B, K]
+        self.last_step[f"{space}_neighbours"] = neighbours
+        self.last_step[f"{space}_contributions"] = contributions.detach()
         return aggregate_distributions(contributions, neighbours, probabilities)
 
     def new_estimate(self, expression: torch.Tensor, landmark: torch.Tensor | None,
                      logits: torch.Tensor) -> torch.Tensor:
         """d_new (eq. 4): the average over the spaces in use. [B, Du], [B, Dv] | None, [B, C] -> [B, C]."""
         probabilities = torch.softmax(logits.float(), dim=-1)       # [B, C]
+        self.last_step = {"probabilities": probabilities.detach()}
         if self.detach_neighbour_predictions:
             probabilities = probabilities.detach()
         if logits.shape[0] < 2:         # a lone sample has no neighbours: keep its own prediction
             return probabilities
         estimate = self.space_estimate(self.expression_scorer, expression.float(), probabilities)
         if self.landmark_scorer is not None and landmark is not None:
-            landmark_estimate = self.space_estimate(self.landmark_scorer, landmark.float(), probabilities)
+            landmark_estimate = self.space_estimate(self.landmark_scorer, landmark.float(), probabilities,
+                                                    space="landmark")
             estimate = 0.5 * (estimate + landmark_estimate)
+        self.last_step["new"] = estimate.detach()
         return estimate
 
     def forward(self, expression: torch.Tensor, landmark: torch.Tensor | None, logits: torch.Tensor,

@@ -33,6 +33,8 @@ from pipeline.contract.errors import ConfigError, choices_message
 from training.distributed import gather_cat, gather_cat_with_grad, rank
 from training.methods.base import DataInfo, Method, StepInfo, register_method
 from training.methods.lanet.diagnostics import (
+    LDEEpochStats,
+    confident_precision,
     target_recovery,
     targets_path,
     vote_divergence,
@@ -176,6 +178,7 @@ class LANet(Method):
         self.register_buffer("seen_sample_ids", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("seen_clean_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("seen_votes", torch.zeros((n if info.has_votes else 0, c)))
+        self.lde_stats = LDEEpochStats(self.config.delta)
 
     # ------------------------------------------------------------------------------------ training
     @torch.no_grad()
@@ -204,6 +207,8 @@ class LANet(Method):
                                    gather_cat_with_grad(landmark) if cfg.lde_landmark_space else None,
                                    gather_cat_with_grad(logits), all_index)          # [Bg, C]
             parts["kl"] = kl_to_targets(logits, local_rows(all_targets))
+            self.lde_stats.update(self.lde.last_step, gather_cat(labels).long(),
+                                  gather_cat(batch["clean_label"]).long() if "clean_label" in batch else None)
         if cfg.el_loss:
             parts["el"] = self._el_loss(batch, expression, landmark, all_targets, all_index)
         weights = {"ce": 1.0, "lm": cfg.landmark_weight, "kl": cfg.alpha, "el": cfg.beta}
@@ -257,6 +262,9 @@ class LANet(Method):
         confidence = targets.max(dim=1).values
         metrics["target_mean_confidence"] = float(confidence.mean())
         metrics["target_ambiguous_share"] = float((confidence <= self.config.delta).float().mean())
+        metrics["target_confident_precision"] = confident_precision(targets, self.seen_clean_labels.cpu(),
+                                                                    self.config.delta)
+        metrics.update(self.lde_stats.pop())
         if self.seen_votes.shape[0]:
             metrics.update(vote_divergence(targets, noisy, self.seen_votes.cpu()))
         if rank() == 0:
