@@ -8,6 +8,14 @@ estimate averages the two spaces (eq. 4). Targets are a per-sample EMA,
 d_i <- omega d_i + (1 - omega) d_i_new (omega 0.9), initialised from the one-hot noisy labels, and the
 prediction is pulled towards them by KL(d_i || p_i) (eq. 7).
 
+Where the paper is silent (checked against sec. 3.1 and 4.2): whether x_i is its own neighbour (eq. 2 takes
+the KNN over the batch; here it is excluded, else p_i would be 1/K of each space's estimate); the targets'
+initial value (one-hot noisy labels here); eq. 5 updates once per epoch, the same as this per-visit update
+when each sample is drawn once per epoch. The predictions p_j are plain softmax (no temperature), and delta
+(el.py) is a grid-searched value (fig. 7) with no stated relation to the class count or the noise rate.
+Since d_new averages the p_j, its max share is capped by their confidence: `last_step` keeps the last batch's
+pieces for the per-epoch diagnostics (diagnostics.LDEEpochStats).
+
 Gradients: the EMA-blended target keeps the graph of d_i_new, so L_kl trains f, g1, g2 and, through
 p_j, the expression backbone (as the official code does: nothing there is detached). The stored copy of
 the target is detached. `detach_neighbour_predictions` (an option, off by default) stops the gradient
