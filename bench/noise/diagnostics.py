@@ -79,7 +79,8 @@ def summarise(method: str, series: dict[str, list], record: dict | None = None) 
         formed = [epoch for epoch, v in enumerate(confident, 1) if v is not None and v >= 0.05]
         out["last_epoch_confident_5pct"] = float(formed[-1]) if formed else 0.0
         out["confident_share_second_half"] = _run_mean(confident[len(confident) // 2:])
-        out["confident_precision_last"] = _last(series.get("target_confident_precision"))
+        precision = series.get("target_confident_precision") or [None]     # None: no confident target
+        out["confident_precision_last"] = precision[-1]
         out["estimate_max_share_mean"] = _run_mean(series.get("lde_new_max_share"))
         out["contribution_spread_mean"] = _run_mean(series.get("lde_expression_contribution_row_spread"))
     elif base == "soft":

@@ -41,3 +41,5 @@ def test_lanet_headlines_after_the_one_hot_start():
     assert lanet["confident_precision_last"] == 0.95
     assert lanet["estimate_max_share_mean"] == pytest.approx(0.4)
     assert lanet["contribution_spread_mean"] == pytest.approx(0.02)
+    none_confident = summarise("lanet", {"target_ambiguous_share": [0.0, 1.0], "target_confident_precision": [0.7, None]})
+    assert none_confident["confident_precision_last"] is None       # not the last epoch that had one
