@@ -36,7 +36,7 @@ if str(PROJECT) not in sys.path:
 log = logging.getLogger("bench.mechanisms")
 CONFIGS = PROJECT / "training" / "configs"
 VARIANTS = ("clean", "sym-0.30", "asym-0.30")
-ROWS = "baseline,baseline@scratch,baseline@lr1e-4,graph_vote,graph_vote@va,ldl_alsg,ldl_alsg@lam0,lanet,soft,ldlva"
+ROWS = "baseline,baseline@scratch,baseline@lr1e-4,graph_vote,graph_vote@va,ldl_alsg,ldl_alsg@lam0,lanet,lanet@delta0.7,soft,ldlva"
 
 
 @dataclass(frozen=True)
