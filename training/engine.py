@@ -30,7 +30,7 @@ from training.checkpoint import LAST, load_checkpoint, save_checkpoint, set_rng_
 from training.config import TrainConfig, build_method_config, save_config, validate_choices
 from training.data import PreparedVersion, SplitData
 from training.device import check_step_memory, choose_device, configure_runtime, seed_everything
-from training.evaluate import classification_metrics, flip_recovery, js_divergence_bits, predict
+from training.evaluate import branch_accuracies, classification_metrics, flip_recovery, js_divergence_bits, predict
 from training.loader import build_sampler, check_needs, eval_loader, to_device, train_loader
 from training.methods import DataInfo, Method, StepInfo, method_class
 from training.optim import build_optimizer, build_scheduler, lr_factor  # noqa: F401 (re-exported)
@@ -155,6 +155,9 @@ def setup(config: TrainConfig) -> Run:
         flipped = SplitData("train-flipped", config.noise, train.sample_id[train.flipped],
                             train.label[train.flipped], train.clean_label[train.flipped])
         eval_loaders["flipped"] = eval_loader(config, version, flipped, device)
+    if dist.is_main and getattr(method, "eval_branches", None) and "val" in version.splits() and test.name != "val":
+        # a method with evaluation branches is scored per branch on validation each epoch (epoch_diagnostics)
+        eval_loaders["val"] = eval_loader(config, version, version.split_data("val", config.noise), device)
     run_lock = RunLock(run_dir) if dist.is_main else None   # refuses while another trainer holds the folder
     try:
         if dist.is_main:
@@ -276,6 +279,17 @@ def train_one_epoch(run: Run) -> bool:
     return False
 
 
+def epoch_diagnostics(run: Run) -> dict:
+    """The method's on_epoch_end numbers and, where setup built a validation loader (a method with evaluation
+    branches on a version with a val split), each branch's validation accuracy as `val_accuracy_<branch>`."""
+    diagnostics = run.method.on_epoch_end(run.state.epoch, run.run_dir) or {}
+    if "val" in run.eval_loaders:
+        scores = branch_accuracies(run.method, run.eval_loaders["val"], run.device, run.version.num_classes,
+                                   channels_last=run.channels_last, autocast=run.autocast)
+        diagnostics.update({f"val_accuracy_{branch}": value for branch, value in scores.items()})
+    return diagnostics
+
+
 def evaluate_run(run: Run, diagnostics: dict | None = None) -> dict:
     """Test accuracy / mean class accuracy / confusion; recovered and memorised flipped training samples.
 
@@ -283,7 +297,7 @@ def evaluate_run(run: Run, diagnostics: dict | None = None) -> dict:
     otherwise (an evaluation mid-epoch, e.g. after runtime.max_steps) the hook runs here.
     """
     if diagnostics is None:
-        diagnostics = run.method.on_epoch_end(run.state.epoch, run.run_dir) or {}
+        diagnostics = epoch_diagnostics(run)
     record = {"kind": "eval", "step": run.state.step, "epoch": run.state.epoch, **diagnostics}
     if run.dist.is_main:
         kw = {"channels_last": run.channels_last, "autocast": run.autocast}
@@ -339,7 +353,7 @@ def _fit(run: Run) -> dict:
         if stopped:
             break
         state.epoch, state.position = state.epoch + 1, 0
-        diagnostics = run.method.on_epoch_end(state.epoch, run.run_dir) or {}   # every epoch, every rank
+        diagnostics = epoch_diagnostics(run)   # every epoch, every rank (validation branches: rank 0)
         if state.epoch % cfg.runtime.eval_every == 0 or state.epoch == cfg.epochs:
             final, evaluated_at = evaluate_run(run, diagnostics), state.step
         elif diagnostics and run.dist.is_main:

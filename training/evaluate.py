@@ -36,6 +36,24 @@ def predict(method, loader, device: torch.device, channels_last: bool = False,
     return {"logits": cat(logits), "label": cat(label), "clean_label": cat(clean), "sample_id": cat(sid)}
 
 
+def branch_accuracies(method, loader, device: torch.device, num_classes: int, **kw) -> dict[str, float]:
+    """{branch: accuracy on `loader`} for each of a method's evaluation branches (`eval_branches` with
+    `set_eval_branch`, e.g. SOFT's student and teacher); the method's own branch is restored afterwards.
+    {} for a method without branches. `kw` goes to `predict` (channels_last, autocast)."""
+    branches = getattr(method, "eval_branches", None)
+    if not branches or not hasattr(method, "set_eval_branch"):
+        return {}
+    chosen, scores = method.eval_branch, {}
+    try:
+        for branch in branches:
+            method.set_eval_branch(branch)
+            out = predict(method, loader, device, **kw)
+            scores[branch] = classification_metrics(out["label"], out["logits"].argmax(1), num_classes)["accuracy"]
+    finally:
+        method.set_eval_branch(chosen)
+    return scores
+
+
 def confusion_matrix(target: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """[C, C] counts, rows = true class, columns = predicted class."""
     return np.bincount(target * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)

@@ -11,7 +11,10 @@ epoch) and its on_epoch_end numbers (eval/epoch records). Saved in the cell JSON
               what shapes the LDE estimate: its max share and the spread of c_ij within a row
   soft        teacher-student agreement on training batches; the teacher's effective EMA horizon
               1 / (1 - decay) as a share of the run's steps; epochs in which the teacher predicts the training
-              batches' clean labels better than the student (clean labels read for this diagnostic only)
+              batches' clean labels better than the student (clean labels read for this diagnostic only);
+              on a version with a val split, the teacher against the student on VALIDATION at every epoch
+              (the engine's val_accuracy_teacher / val_accuracy_student): epochs in which the teacher leads,
+              the first of them (0: never) and the largest lead
   ldl_alsg    the guidance term's share of the loss (lambda x guidance / loss) and the a_ij of the batch
               neighbours (median, 10th and 90th percentiles), means over the run
   ldlva       the learned lambda (trust in the given label) on flipped vs clean training samples and the
@@ -89,6 +92,7 @@ def summarise(method: str, series: dict[str, list], record: dict | None = None) 
         teacher, student = series.get("teacher_clean_acc") or [], series.get("student_clean_acc") or []
         ahead = [t - s for t, s in zip(teacher, student) if t is not None and s is not None]
         out["epochs_teacher_ahead_on_clean"] = float(sum(d > 0 for d in ahead)) if ahead else None
+        out.update(_teacher_leads_on_val(series.get("val_accuracy_teacher"), series.get("val_accuracy_student")))
         branch = (record or {}).get("branch") or {}
         scores = branch.get("selection_accuracy") or {}
         if {"teacher", "student"} <= set(scores):
@@ -104,6 +108,20 @@ def summarise(method: str, series: dict[str, list], record: dict | None = None) 
         out["vote_changes_label"] = _last(series.get("vote_changes_label"))
         out["vote_target_recovered"] = _last(series.get("target_recovered"))
     return out
+
+
+def _teacher_leads_on_val(teacher: list | None, student: list | None) -> dict[str, float | None]:
+    """From the per-epoch validation accuracies of SOFT's two branches (the engine's `val_accuracy_<branch>`):
+    in how many epochs the teacher is strictly ahead, the first such epoch (0: never) and the largest
+    teacher - student difference over the epochs (negative when it never leads). {} without the series."""
+    pairs = [(epoch, t - s) for epoch, (t, s) in enumerate(zip(teacher or [], student or []), 1)
+             if t is not None and s is not None]
+    if not pairs:
+        return {}
+    leads = [epoch for epoch, lead in pairs if lead > 0]
+    return {"val_epochs_teacher_leads": float(len(leads)),
+            "val_first_epoch_teacher_leads": float(leads[0]) if leads else 0.0,
+            "val_max_teacher_lead": max(lead for _, lead in pairs)}
 
 
 def cell_diagnostics(run_dir: str | Path, method: str, record: dict | None = None) -> dict:
@@ -126,6 +144,9 @@ HEADLINES = {   # summary key -> (column title, format)
     "teacher_horizon_share_end": ("SOFT teacher horizon / run steps", "{:.2f}"),
     "epochs_teacher_ahead_on_clean": ("SOFT epochs teacher ahead on clean train labels", "{:.1f}"),
     "val_teacher_minus_student": ("SOFT val accuracy teacher - student", "{:+.1%}"),
+    "val_epochs_teacher_leads": ("SOFT epochs the teacher leads on val", "{:.1f}"),
+    "val_first_epoch_teacher_leads": ("SOFT first epoch it leads on val (0: never)", "{:.1f}"),
+    "val_max_teacher_lead": ("SOFT max teacher lead on val", "{:+.1%}"),
     "guidance_share": ("LDL-ALSG guidance share of the loss", "{:.2%}"),
     "aij_median": ("LDL-ALSG a_ij median", "{:.2f}"),
     "aij_p10": ("LDL-ALSG a_ij p10", "{:.2f}"),

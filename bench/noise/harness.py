@@ -49,16 +49,13 @@ def _split_metrics(run, loader) -> dict:
 
 
 def _selection_loader(run):
-    """(loader, split name) to choose an evaluation branch on: the validation split, or None without one.
+    """(loader, split name) to choose an evaluation branch on: the validation loader the engine built for a
+    method with branches (training.engine.setup), or None without a val split.
 
     The test split never chooses anything: without a validation split the method's configured branch is kept.
     """
-    from training.loader import eval_loader
-
-    if "val" in run.version.splits() and run.test.name != "val":
-        split = run.version.split_data("val", run.config.noise)
-        return eval_loader(run.config, run.version, split, run.device), "val"
-    return None, None
+    loader = run.eval_loaders.get("val")
+    return (loader, "val") if loader is not None else (None, None)
 
 
 def select_branch(config, run_dir: Path) -> dict | None:
@@ -68,7 +65,7 @@ def select_branch(config, run_dir: Path) -> dict | None:
     and recorded as fixed; the test split is only evaluated, never used to choose.
     """
     from training.engine import config_replace, save, setup
-    from training.evaluate import flip_recovery, predict
+    from training.evaluate import branch_accuracies, flip_recovery, predict
     from training.methods import method_class
 
     cls = method_class(config.method)
@@ -82,9 +79,8 @@ def select_branch(config, run_dir: Path) -> dict | None:
         if loader is None:
             best, selected_on = run.method.eval_branch, "fixed: configured branch (no validation split)"
         else:
-            for branch in branches:
-                run.method.set_eval_branch(branch)
-                scores[branch] = _split_metrics(run, loader)["accuracy"]
+            scores = branch_accuracies(run.method, loader, run.device, run.version.num_classes,
+                                       channels_last=run.channels_last, autocast=run.autocast)
             best = max(branches, key=lambda b: scores[b])  # ties keep the first listed branch
         run.method.set_eval_branch(best)
         save(run)

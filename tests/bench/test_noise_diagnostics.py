@@ -26,6 +26,14 @@ def test_headlines_per_method():
                      {"branch": {"selection_accuracy": {"student": 0.7, "teacher": 0.75}}})
     assert soft["epochs_teacher_ahead_on_clean"] == 1.0 and soft["teacher_agreement_last"] == 0.95
     assert soft["val_teacher_minus_student"] == pytest.approx(0.05)
+    assert "val_epochs_teacher_leads" not in soft                         # no per-epoch validation series
+    leads = summarise("soft", {"val_accuracy_teacher": [0.5, 0.6, None, 0.72, 0.7],
+                               "val_accuracy_student": [0.55, 0.6, 0.6, 0.7, 0.66]})
+    assert leads["val_epochs_teacher_leads"] == 2.0 and leads["val_first_epoch_teacher_leads"] == 4.0
+    assert leads["val_max_teacher_lead"] == pytest.approx(0.04)
+    never = summarise("soft", {"val_accuracy_teacher": [0.5, 0.6], "val_accuracy_student": [0.55, 0.6]})
+    assert never["val_epochs_teacher_leads"] == 0.0 and never["val_first_epoch_teacher_leads"] == 0.0
+    assert never["val_max_teacher_lead"] == pytest.approx(0.0)
     assert summarise("ldl_alsg@lam0", {"guidance_share": [0.0, 0.0]})["guidance_share"] == 0.0
     cell = {"status": "done", "cell": {"method": "lanet", "variant": "sym-0.30", "seed": 0},
             "diagnostics": {"per_epoch": {"target_ambiguous_share": [0.0, 1.0]}}}

@@ -188,6 +188,13 @@ def test_soft_branch_is_chosen_on_validation_when_the_version_has_one(tmp_path_f
     soft = json.loads((tmp_path / "results" / "bench_synthetic_test_cells" / "soft__sym-0.30__s0.json").read_text())
     assert soft["branch"]["selected_on"] == "val" and set(soft["branch"]["selection_accuracy"]) == {
         "student", "teacher"}
+    # the engine scored both branches on validation at its last evaluation: the same model, the same numbers
+    series, summary = soft["diagnostics"]["per_epoch"], soft["diagnostics"]["summary"]
+    for branch, accuracy in soft["branch"]["selection_accuracy"].items():
+        assert series[f"val_accuracy_{branch}"] == [pytest.approx(accuracy)]
+    lead = soft["branch"]["selection_accuracy"]["teacher"] - soft["branch"]["selection_accuracy"]["student"]
+    assert summary["val_max_teacher_lead"] == pytest.approx(lead)
+    assert summary["val_epochs_teacher_leads"] == float(lead > 0)
 
 
 def test_markdown_names_the_command_and_appends_the_notes_file(tmp_path):
