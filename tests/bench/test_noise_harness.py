@@ -254,7 +254,9 @@ def test_named_rows_layer_over_the_set_overrides_in_the_mechanisms_config(tmp_pa
     config = {m: cell_config(plan, Cell(m, "sym-0.30", 0)) for m in plan.methods}
     assert config["baseline"].model.weights == "/w/resnet_small-0123.pt"
     assert config["baseline@scratch"].model.weights is None                  # the from-scratch reference
-    assert config["baseline@lr1e-4"].optim.lr == config["soft"].optim.lr == 1e-4
+    assert config["baseline@lr1e-4"].optim.lr == 1e-4                       # the paper-lr reference
+    soft = config["soft"].method_config                                     # the paper's lengths, not scaled
+    assert config["soft"].optim.lr == 1e-3 and (soft["warmup_epochs"], soft["consistency_rampup_epochs"]) == (6, 5.0)
     assert config["ldl_alsg"].method_config["lam"] == 5e-4 and config["ldl_alsg@lam0"].method_config["lam"] == 0.0
     assert config["ldl_alsg@lam0"].data.au_neighbors == config["ldl_alsg"].data.au_neighbors == 1
     assert config["lanet"].batch_size >= 64 and config["lanet"].method_config["k"] == 4
