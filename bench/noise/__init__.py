@@ -20,6 +20,8 @@ Methods with several evaluation branches (`eval_branches` and `set_eval_branch`,
 teacher) are evaluated with each branch on the validation split, the better one is kept (and saved in the
 run's checkpoint) and the cell records which. Without a validation split the configured branch is kept
 (SOFT: `eval_branch`, default student); the test split never chooses anything, and the table says so.
+The engine also scores every branch on validation at each epoch end (`val_accuracy_<branch>` in metrics.jsonl;
+SOFT's diagnostics count the epochs in which its teacher leads).
 
 `--jobs N` trains N cells at once, each in its own (spawned) process with one torch thread; cells are
 seeded, so the numbers are those of a serial run. `--equal-images` adds the control `baseline@images`:
