@@ -91,7 +91,8 @@ def command_line(args: argparse.Namespace) -> str:
     import shlex
 
     env = [f"{k}={os.environ[k]}" for k in ("FER_ARTIFACTS", "FER_MANIFESTS", "FER_RUNS") if os.environ.get(k)]
-    argv = getattr(args, "argv", None) or sys.argv[1:]
+    # --aggregate-only rewrites the table the same command trained: the command shown is that one
+    argv = [a for a in (getattr(args, "argv", None) or sys.argv[1:]) if a != "--aggregate-only"]
     return " ".join([*env, "python bench/benchmark_noise.py", *(shlex.quote(a) for a in argv)])
 
 
