@@ -92,11 +92,12 @@ class LDEEpochStats:
 
     def __init__(self, delta: float):
         self.delta = delta
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}     # on the training device: no host sync per step
         self.counts: dict[str, int] = {}
 
     def _add(self, name: str, values: torch.Tensor) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + float(values.float().sum())
+        total = values.float().sum()                                # scalar tensor, stays on its device
+        self.sums[name] = self.sums[name] + total if name in self.sums else total
         self.counts[name] = self.counts.get(name, 0) + values.numel()
 
     @torch.no_grad()
@@ -121,6 +122,6 @@ class LDEEpochStats:
 
     def pop(self) -> dict[str, float]:
         """The epoch's means, and a fresh start."""
-        out = {name: self.sums[name] / max(1, self.counts[name]) for name in self.sums}
+        out = {name: float(self.sums[name]) / max(1, self.counts[name]) for name in self.sums}
         self.sums, self.counts = {}, {}
         return out
